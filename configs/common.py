@@ -1,0 +1,131 @@
+"""Shared config pieces: dataset facts, variant parsing, the model/input/optim sections.
+
+Every dataset config (`configs/<dataset>.py`) calls `video_config(...)` with its own facts and
+then applies command-line variants, big_vision style:
+
+  configs/sthv1.py:model=fstfl,frames=16,stc=res2-3
+"""
+
+from typing import Any
+
+import ml_collections
+
+# Dataset facts (class counts and split sizes as published).
+DATASETS = {
+  "sthv1": dict(num_classes=174, train_size=86_017, val_size=11_522, flip="flip_swap_labels"),
+  "sthv2": dict(num_classes=174, train_size=168_913, val_size=24_777, flip="flip_swap_labels"),
+  "k400": dict(num_classes=400, train_size=240_436, val_size=19_787, flip="flip"),
+  "ucf101": dict(num_classes=101, train_size=9_537, val_size=3_783, flip="flip"),
+  "demo": dict(num_classes=12, train_size=480, val_size=96, flip="none"),
+}
+
+MODELS = ("tsn", "gsf", "fstfl")
+STAGES = ("res2", "res3", "res4", "res5")
+
+# Variant keys accepted after the ':' of a config path, with their parsers.
+_VARIANTS = {
+  "model": str,
+  "frames": int,
+  "stc": str,
+  "runlocal": lambda s: s.lower() in ("1", "true", "yes", ""),
+}
+
+
+def parse_arg(arg: str | None) -> dict[str, Any]:
+  """Parses `k1=v1,k2=v2` variants; an unknown key raises naming the allowed ones."""
+  out: dict[str, Any] = {}
+  if not arg:
+    return out
+  for item in arg.split(","):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in _VARIANTS:
+      raise ValueError(
+        f"Unknown config variant {key!r} in {arg!r}; expected one of {sorted(_VARIANTS)}.")
+    out[key] = _VARIANTS[key](value.strip())
+  return out
+
+
+def parse_stages(spec: str) -> tuple[str, ...]:
+  """'res3' -> ('res3',); 'res2-4' -> ('res2','res3','res4'); 'none' -> ()."""
+  if spec in ("", "none"):
+    return ()
+  first, _, last = spec.partition("-")
+  last = last or first
+  if last and not last.startswith("res"):
+    last = "res" + last
+  if first not in STAGES or last not in STAGES or STAGES.index(last) < STAGES.index(first):
+    raise ValueError(f"Bad STC placement {spec!r}: expected resN or resN-M with N<=M in 2..5.")
+  return STAGES[STAGES.index(first):STAGES.index(last) + 1]
+
+
+def stc_config() -> ml_collections.ConfigDict:
+  """The STC defaults of `specs/stc.md` §0/§2.6 (budget-consistent reconstruction)."""
+  return ml_collections.ConfigDict(dict(
+    stages=("res3",),        # Where an STC follows the stage's last block (paper Table 6).
+    max_disp=6,              # D, or the string "half_extent" for the paper-literal ceil(X/2).
+    max_disp_per_stage={},   # Optional {stage: D} override.
+    offsets=(0, 1, 2, 3),    # Temporal offsets l (t+l); negative values allowed.
+    temporal_boundary="zero",  # "zero" | "clamp" | "circular".
+    mask_channel=False,      # Append one validity flag per offset to F.
+    reduce_channels=0,       # 0: none; else 1x1 conv + BN + ReLU to this width first.
+    norm_eps=1e-6,
+    spatial_mlp=(16,),       # Hidden widths of the l=0 MLP.
+    temporal_mlp=(16,),      # Hidden widths of the l!=0 MLP.
+    mlp_out=8,               # C' per offset.
+    share_temporal_mlp=True,  # One temporal MLP for every l != 0.
+    mlp_bias=False,
+    fusion_widths=(16, 16, 16),  # PW widths of fusion layers 1-3; layer 4 maps to C.
+    fusion_kernels=(7, 3, 3, 3),
+    final_relu=True,
+    zero_init_last_bn=False,
+    source="self",           # "self" | "res2_pooled" | "both".
+    impl="auto",             # "auto" | "allpairs" | "banded" | "einsum" | "loop".
+    remat=True,
+  ))
+
+
+def model_config(name: str, num_classes: int, num_frames: int) -> ml_collections.ConfigDict:
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; expected one of {MODELS}.")
+  return ml_collections.ConfigDict(dict(
+    name=name,
+    num_classes=num_classes,
+    num_frames=num_frames,
+    stage_sizes=(3, 4, 6, 3),  # ResNet-50.
+    width=64,                  # Base width; tiny test models use 8.
+    gsf_ratio=25,              # Percent of channels gated (GSF's ResNet-50 default).
+    dropout=0.5,
+    dtype="float32",           # Compute dtype; params stay float32.
+    bn_momentum=0.9,           # PyTorch momentum 0.1.
+    bn_eps=1e-5,
+    bn_group_size=0,           # 0: global (synced) BN; k: ghost BN over groups of k clips.
+    stc=stc_config(),
+  ))
+
+
+def input_config(dataset: str, num_frames: int) -> ml_collections.ConfigDict:
+  """Data section read by `data_pipelines.pipeline` (owned by the data pipeline)."""
+  facts = DATASETS[dataset]
+  return ml_collections.ConfigDict(dict(
+    dataset=dataset,
+    data_dir=f"data/{dataset}",  # Output of `python -m data_pipelines.build`.
+    train_split="train",
+    eval_split="validation",
+    num_frames=num_frames,
+    sampling="tsn",          # "tsn" (segment) | "dense".
+    dense_stride=8,
+    crop_size=224,
+    resize_short=256,        # Eval resize before the centre/3/10 crops.
+    scales=(1.0, 0.875, 0.75, 0.66),
+    flip=facts["flip"],      # "none" | "flip" | "flip_swap_labels".
+    batch_size=32,           # Global, in clips.
+    eval_batch_size=32,
+    shuffle_seed=0,
+    num_workers=0,           # 0: threads in-process (fastest on 2 cores); >0: worker processes.
+    num_threads=4,           # Reader threads per process (simplejpeg and cv2 release the GIL).
+    prefetch=2,              # Batches buffered ahead, per process (and per worker).
+    test_clips=1,
+    test_crops=1,            # 1 (centre) | 3 (along the long side) | 10 (5 crops + mirrors).
+    test_clip_sampling="uniform",  # "uniform" (shifted segment centres) | "random" (TSN draws).
+  ))

@@ -1,0 +1,107 @@
+"""Gate-Shift-Fuse (GSF) as the official GSF code computes it (`specs/gsf.md` §1).
+
+Layout: the input is the folded batch `[N, H, W, C]` with `N = B*T`, frames of a clip
+consecutive. GSF sits between conv3 and bn3 of every bottleneck.
+
+    x      = fold(X[..., :C_g])                                   [B, T, H, W, C_g]
+    g      = tanh(Conv3d_{3x3x3, groups=2}(ReLU(BN3d(x))))        [B, T, H, W, 2]
+    y_k    = g_k * x_k,   r_k = x_k - y_k                          (k = 1, 2: channel halves)
+    s_1    = shift_{t <- t+1}(y_1),  s_2 = shift_{t <- t-1}(y_2)   (zero fill, never across clips)
+    w_k    = sigmoid(Conv2d_k^{3x3 over (c, t)}([GAP_hw(s_k); GAP_hw(r_k)]))
+    z_k    = w_k * s_k + (1 - w_k) * r_k
+    out    = [perm(z_1), perm(z_2), X[..., C_g:]]
+
+Parameter count per module: 29*C_g + 40.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fstfl_jax.models import layers
+
+
+def gated_channels(channels: int, ratio_percent: float) -> int:
+  """C_g = floor(C*r/100), rounded up to even; the re-interleave needs C_g % 4 == 0."""
+  c_g = int(channels * ratio_percent // 100)
+  c_g += c_g % 2
+  if c_g == 0 or c_g % 4:
+    raise ValueError(
+      f"GSF needs the gated channels floor({channels}*{ratio_percent}/100) (made even) to be a "
+      f"positive multiple of 4, got {c_g}.")
+  return c_g
+
+
+def interleave_quarters(z: jax.Array) -> jax.Array:
+  """Channel permutation of the reference: out[2j+h] = in[h*q + j], q = C/2 (`gsf.md` §1.6).
+
+  [..., C] -> [..., C]; the first and second halves of the channels are interleaved.
+  """
+  q = z.shape[-1] // 2
+  z = z.reshape(z.shape[:-1] + (2, q))
+  return jnp.swapaxes(z, -1, -2).reshape(z.shape[:-2] + (2 * q,))
+
+
+def shift_time(y: jax.Array, direction: int) -> jax.Array:
+  """Shifts [B, T, ...] by one frame with zero fill.
+
+  direction=+1: frame t receives frame t+1 (the reference's group 1, "left shift").
+  direction=-1: frame t receives frame t-1 (group 2).
+  """
+  zeros = jnp.zeros_like(y[:, :1])
+  if direction > 0:
+    return jnp.concatenate([y[:, 1:], zeros], axis=1)
+  return jnp.concatenate([zeros, y[:, :-1]], axis=1)
+
+
+class GSF(nn.Module):
+  """Gate-Shift-Fuse on `[N, H, W, C]` with `N = B*T`.
+
+  Attributes:
+    num_frames: T (static: the module reshapes [B*T] -> [B, T]).
+    ratio: percent of channels gated.
+    cfg: the model config (BN momentum/eps, dtype, ghost-BN group size).
+  """
+  num_frames: int
+  ratio: float
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    n, h, w, c = x.shape
+    t = self.num_frames
+    b = n // t
+    c_g = gated_channels(c, self.ratio)
+    half = c_g // 2
+    dtype = layers.compute_dtype(self.cfg)
+
+    xg = x[..., :c_g].reshape(b, t, h, w, c_g)
+    u = nn.relu(layers.batch_norm(self.cfg, group_rows=self.cfg.bn_group_size, name="bn3d")(
+      xg, train))
+    fan_in = half * 27
+    gate = nn.Conv(
+      2, (3, 3, 3), padding=[(1, 1)] * 3, feature_group_count=2, use_bias=True, dtype=dtype,
+      param_dtype=jnp.float32, kernel_init=layers.torch_default_kernel,
+      bias_init=layers.torch_default_bias(fan_in), name="conv3d")(u)
+    gate = jnp.tanh(gate)
+
+    outs = []
+    for k, direction in ((0, 1), (1, -1)):
+      xk = xg[..., k * half:(k + 1) * half]
+      yk = gate[..., k:k + 1] * xk
+      rk = xk - yk
+      sk = shift_time(yk, direction)
+      # Descriptor: a 2-channel "image" over (channel, time) from spatially pooled s_k, r_k.
+      desc = jnp.stack([sk.mean((2, 3)), rk.mean((2, 3))], axis=-1)  # [B, T, C_g/2, 2]
+      desc = jnp.swapaxes(desc, 1, 2)  # [B, C_g/2, T, 2]: conv axes = (channel, time).
+      wk = nn.Conv(
+        1, (3, 3), padding=[(1, 1), (1, 1)], use_bias=True, dtype=dtype,
+        param_dtype=jnp.float32, kernel_init=layers.kaiming_fan_out,
+        bias_init=layers.torch_default_bias(2 * 9), name=f"channel_conv{k + 1}")(desc)
+      wk = nn.sigmoid(jnp.swapaxes(wk[..., 0], 1, 2))[:, :, None, None, :]  # [B, T, 1, 1, C/2]
+      zk = wk * sk + (1 - wk) * rk
+      outs.append(interleave_quarters(zk))
+    gated = jnp.concatenate(outs, axis=-1).reshape(n, h, w, c_g).astype(x.dtype)
+    return jnp.concatenate([gated, x[..., c_g:]], axis=-1)

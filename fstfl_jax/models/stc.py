@@ -1,0 +1,157 @@
+"""The spatio-temporal correlation (STC) module (paper §3; defaults and choices: `specs/stc.md`).
+
+    I [N, H, W, C] (N = B*T)
+      -> S = cosine correlation with a (2D+1)^2 window at offsets l   [B, T, H, W, L, K]
+      -> F = [MLP_spatial(S_{l=0}), MLP_temporal(S_{l!=0})]            [B, T, H, W, C_F]
+      -> Z = 4 depthwise-separable convs (DW 7x7, then three DW 3x3; BN+ReLU after every
+             DW and PW); the last PW maps to C                        [N, H, W, C]
+      -> I + Z
+
+Defaults (D=6, offsets 0..3, MLPs 169->16->8, C_F=32, PW widths 16,16,16,C) cost 18,160
+params and 1.905 GMACs at res3 for 8 frames, inside the paper's budget (`stc.md` §2.2).
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fstfl_jax.models import correlation
+from fstfl_jax.models import layers
+
+
+def resolve_max_disp(stc_cfg: Any, stage: str, height: int, width: int) -> int:
+  """D for a stage: per-stage override, an int, or "half_extent" = ceil(max(X, Y)/2) (paper)."""
+  d = dict(stc_cfg.max_disp_per_stage).get(stage, stc_cfg.max_disp)
+  if d == "half_extent":
+    return math.ceil(max(height, width) / 2)
+  if not isinstance(d, int) or d < 0:
+    raise ValueError(f"stc.max_disp must be a non-negative int or 'half_extent', got {d!r}.")
+  return d
+
+
+class DisplacementMLP(nn.Module):
+  """Per-position MLP over the displacement axis (eq. 3-4): bias-free Dense + ReLU layers.
+
+  `[..., K] -> [..., out]`; any leading axes are broadcast (the n-mode product).
+  """
+  hidden: tuple[int, ...]
+  out: int
+  use_bias: bool
+
+  @nn.compact
+  def __call__(self, s: jax.Array) -> jax.Array:
+    for i, width in enumerate(tuple(self.hidden) + (self.out,)):
+      s = nn.relu(nn.Dense(width, use_bias=self.use_bias, dtype=jnp.float32,
+                           param_dtype=jnp.float32, name=f"dense{i}")(s))
+    return s
+
+
+class STC(nn.Module):
+  """STC on the folded batch `[N, H, W, C] -> [N, H, W, C]` (residual).
+
+  Attributes:
+    stage: name of the host stage ("res3"), for per-stage overrides and errors.
+    cfg: the model config (`cfg.stc` holds the module's knobs, `specs/stc.md` §2.6).
+  """
+  stage: str
+  cfg: Any
+
+  def _features(self, v: jax.Array, d: int, mlps: dict[int, nn.Module]) -> jax.Array:
+    """Correlation + MLPs for one source. v: [B, T, H, W, C] -> F [B, T, H, W, C_F].
+
+    mlps maps an offset index to its MLP; indices sharing one module are run together.
+    """
+    scfg = self.cfg.stc
+    s = correlation.correlate(
+      v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,
+      impl=scfg.impl, eps=scfg.norm_eps, remat=scfg.remat)  # [B, T, H, W, L, K] float32
+    feats, done = [], set()
+    for i, mlp in mlps.items():
+      if i in done:
+        continue
+      group = [j for j, m in mlps.items() if m is mlp]
+      done.update(group)
+      f = mlp(s[..., jnp.array(group), :])  # Shared over its offsets: [B, T, H, W, L_g, C']
+      feats.append(f.reshape(f.shape[:-2] + (-1,)))
+    return jnp.concatenate(feats, axis=-1)
+
+  def _make_mlps(self) -> dict[int, nn.Module]:
+    """Spatial MLP for l=0; one temporal MLP shared by every l != 0 (or one per offset)."""
+    scfg = self.cfg.stc
+    offsets = tuple(scfg.offsets)
+    mlps: dict[int, nn.Module] = {}
+    if 0 in offsets:
+      mlps[offsets.index(0)] = DisplacementMLP(
+        tuple(scfg.spatial_mlp), scfg.mlp_out, scfg.mlp_bias, name="spatial_mlp")
+    shared = None
+    for i, l in enumerate(offsets):
+      if l == 0:
+        continue
+      if scfg.share_temporal_mlp:
+        if shared is None:
+          shared = DisplacementMLP(
+            tuple(scfg.temporal_mlp), scfg.mlp_out, scfg.mlp_bias, name="temporal_mlp")
+        mlps[i] = shared
+      else:
+        mlps[i] = DisplacementMLP(tuple(scfg.temporal_mlp), scfg.mlp_out, scfg.mlp_bias,
+                                  name=f"temporal_mlp_{i}")
+    return mlps
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, prev: jax.Array | None = None) -> jax.Array:
+    """x: [N, H, W, C] stage output; prev: [N, 2H', 2W', C'] previous stage output (res2_pooled)."""
+    cfg, scfg = self.cfg, self.cfg.stc
+    n, h, w, c = x.shape
+    t = cfg.num_frames
+    b = n // t
+    rows = cfg.bn_group_size * t
+    dtype = layers.compute_dtype(cfg)
+    d = resolve_max_disp(scfg, self.stage, h, w)
+    if scfg.zero_init_last_bn and scfg.final_relu:
+      raise ValueError("stc.zero_init_last_bn=True needs stc.final_relu=False: with a ReLU after "
+                       "a zero-gamma BN the branch gets zero gradient forever (stc.md §2.8).")
+
+    sources = []
+    if scfg.source in ("self", "both"):
+      src = x
+      if scfg.reduce_channels:
+        src = layers.conv(scfg.reduce_channels, 1, dtype=dtype, name="reduce_conv")(src)
+        src = nn.relu(layers.batch_norm(cfg, group_rows=rows, name="reduce_bn")(src, train))
+      sources.append(src)
+    if scfg.source in ("res2_pooled", "both"):
+      if prev is None:
+        raise ValueError(f"stc.source={scfg.source!r} needs a previous stage before {self.stage}.")
+      fh, fw = prev.shape[1] // h, prev.shape[2] // w
+      sources.append(nn.avg_pool(prev, (fh, fw), strides=(fh, fw)))
+    if not sources:
+      raise ValueError(f"stc.source must be 'self', 'res2_pooled' or 'both', got {scfg.source!r}.")
+
+    # One set of MLPs serves every source ("both": the res2 slices act as extra offsets).
+    mlps = self._make_mlps()
+    f = jnp.concatenate(
+      [self._features(s.reshape((b, t) + s.shape[1:]), d, mlps) for s in sources], axis=-1)
+    if scfg.mask_channel:
+      valid = correlation.temporal_validity(t, tuple(scfg.offsets), scfg.temporal_boundary)
+      valid = jnp.broadcast_to(jnp.asarray(valid)[None, :, None, None, :],
+                               (b, t, h, w, valid.shape[-1]))
+      f = jnp.concatenate([f, valid], axis=-1)
+    z = f.reshape(n, h, w, f.shape[-1]).astype(dtype)
+
+    widths = tuple(scfg.fusion_widths) + (c,)
+    if len(widths) != len(scfg.fusion_kernels):
+      raise ValueError(
+        f"stc.fusion_widths has {len(scfg.fusion_widths)} entries; expected "
+        f"len(stc.fusion_kernels) - 1 = {len(scfg.fusion_kernels) - 1}.")
+    for i, (k, width) in enumerate(zip(scfg.fusion_kernels, widths)):
+      last = i == len(widths) - 1
+      z = layers.conv(z.shape[-1], k, groups=z.shape[-1], dtype=dtype, name=f"dw{i + 1}")(z)
+      z = nn.relu(layers.batch_norm(cfg, group_rows=rows, name=f"dw{i + 1}_bn")(z, train))
+      z = layers.conv(width, 1, dtype=dtype, name=f"pw{i + 1}")(z)
+      z = layers.batch_norm(cfg, group_rows=rows, name=f"pw{i + 1}_bn",
+                            zero_init=last and scfg.zero_init_last_bn)(z, train)
+      if not last or scfg.final_relu:
+        z = nn.relu(z)
+    return x + z.astype(x.dtype)
