@@ -63,7 +63,8 @@ def stc_config() -> ml_collections.ConfigDict:
   """The STC defaults of `specs/stc.md` §0/§2.6 (budget-consistent reconstruction)."""
   return ml_collections.ConfigDict(dict(
     stages=("res3",),        # Where an STC follows the stage's last block (paper Table 6).
-    max_disp=6,              # D, or the string "half_extent" for the paper-literal ceil(X/2).
+    max_disp=6,              # D: the window is (2D+1)^2 displacements.
+    half_extent=False,       # True: the paper-literal D = ceil(X/2) per stage (overrides max_disp).
     max_disp_per_stage={},   # Optional {stage: D} override.
     offsets=(0, 1, 2, 3),    # Temporal offsets l (t+l); negative values allowed.
     temporal_boundary="zero",  # "zero" | "clamp" | "circular".

@@ -23,12 +23,13 @@ from fstfl_jax.models import layers
 
 
 def resolve_max_disp(stc_cfg: Any, stage: str, height: int, width: int) -> int:
-  """D for a stage: per-stage override, an int, or "half_extent" = ceil(max(X, Y)/2) (paper)."""
-  d = dict(stc_cfg.max_disp_per_stage).get(stage, stc_cfg.max_disp)
-  if d == "half_extent":
+  """D for a stage: ceil(max(X, Y)/2) if `half_extent` (the paper), else a per-stage override
+  from `max_disp_per_stage`, else `max_disp`."""
+  if stc_cfg.half_extent:
     return math.ceil(max(height, width) / 2)
+  d = dict(stc_cfg.max_disp_per_stage).get(stage, stc_cfg.max_disp)
   if not isinstance(d, int) or d < 0:
-    raise ValueError(f"stc.max_disp must be a non-negative int or 'half_extent', got {d!r}.")
+    raise ValueError(f"stc.max_disp (stage {stage}) must be a non-negative int, got {d!r}.")
   return d
 
 

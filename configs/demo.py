@@ -1,0 +1,40 @@
+"""Offline demo: a tiny FSTFL-Net on synthetic motion-defined classes (no download).
+
+  python -m data_pipelines.make_demo --out demo_data
+  python -m fstfl_jax.main --config configs/demo.py --workdir workdirs/demo --mode train_and_eval
+
+The 12 classes share appearance statistics and differ only in motion (left/right, up/down,
+fast, "pretending", rotation, approach/recede, still), so a single frame carries no label
+information. Variants as for the dataset configs: configs/demo.py:model=tsn|gsf|fstfl.
+"""
+
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.make_config("demo", arg)
+  model = config.model
+  model.width = 16
+  model.stage_sizes = (1, 1, 1, 1)
+  model.dropout = 0.2
+  # res3 of a 64x64 input is 8x8: a 5x5 window covers the motion between sampled frames.
+  model.stc.max_disp = 2
+
+  inp = config.input
+  inp.data_dir = "demo_data"
+  inp.crop_size = 64
+  inp.resize_short = 64
+  inp.scales = (1.0, 0.875)
+  inp.batch_size = 16
+  inp.eval_batch_size = 16
+  inp.num_threads = 2
+
+  config.optim.base_lr = 0.05
+  config.optim.base_batch = 16
+  config.optim.num_epochs = 12
+  config.optim.warmup_epochs = 1
+  config.optim.weight_decay = 1e-4
+  config.train.log_every_steps = 10
+  config.train.eval_every_epochs = 4
+  config.checkpoint.every_steps = 100
+  return config
