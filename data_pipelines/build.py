@@ -1,0 +1,236 @@
+"""Builds ArrayRecord video shards (see `records.py`) from a source dataset layout.
+
+  python -m data_pipelines.build --dataset sthv1 --src /data/sthv1 --out /data/sthv1_shards \
+      [--split-id 1] [--short-side 256] [--quality 90] [--workers 8] [--num-shards 64]
+
+Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
+worker processes and written in annotation order, so shard contents are deterministic.
+
+Undecodable or missing videos are skipped and listed in `<out>/failures.jsonl`
+({split, video_id, source, reason} per line). The build is resumable: finished shards are kept
+(`records.ShardWriter` renames a shard into place only when complete), and `<out>/.build_plan.json`
+makes a rerun with different inputs or settings fail instead of mixing shards.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import av
+import simplejpeg
+import tqdm
+
+from data_pipelines import ingest
+from data_pipelines import records
+from data_pipelines import video_decode
+
+TOOL_VERSION = "data_pipelines.build 1.0"
+PLAN_FILE = ".build_plan.json"
+FAILURES_FILE = "failures.jsonl"
+FAILURES_DIR = ".failures"  # One list per finished shard, merged into FAILURES_FILE.
+RECORDS_PER_SHARD = 256  # Default shard size when --num-shards is not given.
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+  out: str
+  class_names: list[str]
+  split_sizes: dict[str, int]
+  failures: list[dict[str, str]]
+  shards_written: int  # Shards written by this run (resumed ones excluded).
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
+  """Spawned worker processes (None for workers <= 0: run inline); one pool per build."""
+  if workers <= 0:
+    yield None
+    return
+  # Spawn, not fork: the parent may hold threads (JAX, TFDS) that fork would copy mid-state.
+  pool = concurrent.futures.ProcessPoolExecutor(
+    workers, mp_context=multiprocessing.get_context("spawn"))
+  try:
+    yield pool
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(fn: Callable, tasks: Iterable, pool: concurrent.futures.Executor | None,
+                in_flight: int = 32) -> Iterator:
+  """`map(fn, tasks)` on `pool`, in order, with at most `in_flight` tasks submitted.
+
+  A few tasks per worker keep them busy; the bound caps memory when one video is slow.
+  """
+  if pool is None:
+    yield from map(fn, tasks)
+    return
+  tasks = iter(tasks)
+  window = collections.deque(pool.submit(fn, t) for t in itertools.islice(tasks, in_flight))
+  while window:
+    result = window.popleft().result()
+    for task in itertools.islice(tasks, 1):
+      window.append(pool.submit(fn, task))
+    yield result
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _check_plan(out: str, plan: dict[str, Any]) -> None:
+  """Records the plan of a new build; a rerun must have the same plan to resume."""
+  path = os.path.join(out, PLAN_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != plan:
+      diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+      raise ValueError(f"{out} holds a build with different {diff} ({path}); use an empty --out "
+                       f"or the same inputs and settings to resume.")
+    return
+  _atomic_write(path, json.dumps(plan, indent=2, sort_keys=True))
+
+
+def _ids_digest(entries: list[ingest.Entry]) -> str:
+  h = hashlib.sha1()
+  for e in entries:
+    h.update(f"{e.video_id}\t{e.label}\t{e.source}\n".encode())
+  return h.hexdigest()
+
+
+def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: int,
+                 make_task: Callable[[ingest.Entry], video_decode.Task],
+                 pool: concurrent.futures.Executor | None) -> int:
+  """Writes the missing shards of one split; returns how many shards were written."""
+  ranges = records.shard_ranges(len(entries), num_shards)
+  pending = [s for s in range(num_shards) if not records.shard_is_done(out, split, s, num_shards)]
+  tasks = (make_task(entries[i]) for s in pending for i in ranges[s])
+  results = ordered_map(video_decode.make_record, tasks, pool)
+  done = len(entries) - sum(len(ranges[s]) for s in pending)
+  os.makedirs(os.path.join(out, FAILURES_DIR), exist_ok=True)
+  with contextlib.closing(results), tqdm.tqdm(total=len(entries), initial=done, unit="video",
+                                              desc=split, dynamic_ncols=True) as bar:
+    for shard in pending:
+      name = records.shard_name(split, shard, num_shards)
+      failures = []
+      with records.ShardWriter(out, split, shard, num_shards) as writer:
+        for i in ranges[shard]:
+          record, reason = next(results)
+          if record is None:
+            failures.append(dict(split=split, video_id=entries[i].video_id,
+                                 source=entries[i].source, reason=reason))
+          else:
+            writer.write(record)
+          bar.update()
+        # Before the shard's rename, so a finished shard always has its failure list.
+        _atomic_write(os.path.join(out, FAILURES_DIR, name + ".jsonl"),
+                      "".join(json.dumps(f) + "\n" for f in failures))
+      if failures:
+        bar.write(f"{name}: skipped {len(failures)} video(s), e.g. {failures[0]['video_id']}: "
+                  f"{failures[0]['reason']}")
+  return len(pending)
+
+
+def _collect_failures(out: str, shards: dict[str, int]) -> list[dict[str, str]]:
+  failures = []
+  for split, num_shards in shards.items():
+    for shard in range(num_shards):
+      with open(os.path.join(out, FAILURES_DIR,
+                             records.shard_name(split, shard, num_shards) + ".jsonl")) as f:
+        failures += [json.loads(line) for line in f if line.strip()]
+  _atomic_write(os.path.join(out, FAILURES_FILE),
+                "".join(json.dumps(f) + "\n" for f in failures))
+  return failures
+
+
+def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
+          quality: int = 90, workers: int | None = None, num_shards: int | None = None,
+          name: str | None = None) -> BuildResult:
+  """Parses the layout, writes missing shards, failures and metadata; see module docstring.
+
+  Args:
+    dataset: one of `ingest.PARSERS`.
+    src: source root of that layout.
+    out: output data dir (created; may hold a previous, interrupted build of the same plan).
+    split_id: UCF-101 split 1-3 (ignored by other layouts).
+    short_side: cap on the stored frames' short side (never upscaled).
+    quality: JPEG quality of re-encoded frames.
+    workers: decode processes (0: decode in this process); default: CPU count.
+    num_shards: shards per split (at most one per video); default: ceil(videos / 256).
+    name: dataset name in the TFDS metadata; default: `dataset`.
+  """
+  if short_side < 1 or not 1 <= quality <= 100:
+    raise ValueError(f"short_side must be >= 1 and quality in 1..100, got {short_side}, "
+                     f"{quality}.")
+  layout = ingest.parse(dataset, src, split_id)
+  workers = (os.cpu_count() or 1) if workers is None else workers
+  shards = {split: min(len(entries), num_shards or math.ceil(len(entries) / RECORDS_PER_SHARD))
+            for split, entries in layout.splits.items()}
+  settings = dict(dataset=dataset, source_layout=layout.description, split_id=split_id,
+                  short_side=short_side, jpeg_quality=quality, tool_version=TOOL_VERSION,
+                  pyav=av.__version__, libavcodec=str(av.library_versions.get("libavcodec")),
+                  simplejpeg=simplejpeg.__version__, num_shards=shards)
+  os.makedirs(out, exist_ok=True)
+  _check_plan(out, dict(settings, class_names=layout.class_names,
+                        videos={s: len(e) for s, e in layout.splits.items()},
+                        digest={s: _ids_digest(e) for s, e in layout.splits.items()}))
+
+  def make_task(entry: ingest.Entry) -> video_decode.Task:
+    return video_decode.Task(source=entry.source, label=entry.label, video_id=entry.video_id,
+                             short_side=short_side, quality=quality, fps=layout.fps)
+
+  with process_pool(workers) as pool:
+    written = sum(_build_split(out, split, entries, shards[split], make_task, pool)
+                  for split, entries in layout.splits.items())
+  failures = _collect_failures(out, shards)
+  sizes = records.write_metadata(out, layout.class_names, list(layout.splits),
+                                 dict(settings, skipped=len(failures)),
+                                 dataset_name=name or dataset)
+  empty = [split for split, size in sizes.items() if size == 0]
+  if empty:
+    raise RuntimeError(f"no video of split(s) {empty} could be decoded; reasons in "
+                       f"{os.path.join(out, FAILURES_FILE)}.")
+  return BuildResult(out, layout.class_names, sizes, failures, written)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", required=True, choices=sorted(ingest.PARSERS))
+  parser.add_argument("--src", required=True, help="Source root of the layout.")
+  parser.add_argument("--out", required=True, help="Output data dir.")
+  parser.add_argument("--split-id", type=int, default=1, help="UCF-101 split (1-3).")
+  parser.add_argument("--short-side", type=int, default=256, help="Cap on the frames' short side.")
+  parser.add_argument("--quality", type=int, default=90, help="JPEG quality.")
+  parser.add_argument("--workers", type=int, default=None, help="Decode processes (0: inline).")
+  parser.add_argument("--num-shards", type=int, default=None, help="Shards per split.")
+  parser.add_argument("--name", default=None, help="Dataset name in the TFDS metadata.")
+  args = parser.parse_args(argv)
+  try:
+    result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
+                   args.workers, args.num_shards, args.name)
+  except ingest.LayoutError as e:
+    sys.exit(f"error: {e}")
+  print(f"{result.out}: {len(result.class_names)} classes, "
+        + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
+        + f"; skipped {len(result.failures)} video(s)"
+        + (f", listed in {os.path.join(result.out, FAILURES_FILE)}" if result.failures else "")
+        + f"; wrote {result.shards_written} shard(s).")
+
+
+if __name__ == "__main__":
+  main()

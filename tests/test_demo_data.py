@@ -1,0 +1,84 @@
+"""The synthetic demo dataset: classes differ only in motion; the built dataset has its sizes."""
+
+import inspect
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from configs.common import DATASETS
+from data_pipelines import make_demo
+from data_pipelines import records
+
+CLIPS_PER_CLASS, SIZE, FRAMES = 4, 48, 12
+
+
+def _shifts(clip: np.ndarray) -> np.ndarray:
+  """[T, H, W, 3] -> [T - 2, 2] (dx, dy): the shift between consecutive frame differences.
+
+  Static background cancels in a frame difference, so the circular cross-correlation peak of
+  two consecutive differences is the displacement of whatever moves most (the actor).
+  """
+  gray = clip.astype(np.float64).mean(-1)
+  diff = np.fft.fft2(gray[1:] - gray[:-1])
+  xc = np.fft.ifft2(diff[1:] * np.conj(diff[:-1])).real
+  n = gray.shape[1]
+  dy, dx = np.unravel_index(xc.reshape(len(xc), -1).argmax(1), (n, n))
+  return np.stack([(dx + n // 2) % n - n // 2, (dy + n // 2) % n - n // 2], -1)
+
+
+@pytest.fixture(scope="module")
+def clips():
+  return {cls: np.stack([make_demo.render_clip(cls, np.random.default_rng([7, c, k]), SIZE,
+                                               FRAMES) for k in range(CLIPS_PER_CLASS)])
+          for c, cls in enumerate(make_demo.CLASS_NAMES)}
+
+
+def test_frames_have_the_same_statistics_in_every_class(clips):
+  means = {cls: c.mean() for cls, c in clips.items()}
+  stds = {cls: c.std() for cls, c in clips.items()}
+  per_channel = {cls: c.mean((0, 1, 2, 3)) for cls, c in clips.items()}
+  overall_mean, overall_std = np.mean(list(means.values())), np.mean(list(stds.values()))
+  for cls in clips:
+    assert abs(means[cls] - overall_mean) < 2.5, (cls, means[cls])
+    assert abs(stds[cls] - overall_std) < 2.5, (cls, stds[cls])
+    assert np.abs(per_channel[cls] - 128).max() < 4, (cls, per_channel[cls])
+
+
+def test_motion_direction_and_speed_define_the_classes(clips):
+  shift = {cls: np.stack([_shifts(c) for c in v]) for cls, v in clips.items()}  # [K, T-2, 2]
+  median = {cls: np.median(s.reshape(-1, 2), 0) for cls, s in shift.items()}
+  assert median["00_move_left"][0] < 0 and median["01_move_right"][0] > 0
+  assert median["02_move_up"][1] < 0 and median["03_move_down"][1] > 0
+  assert median["00_move_left"][1] == median["01_move_right"][1] == 0
+  assert median["02_move_up"][0] == median["03_move_down"][0] == 0
+  assert median["04_move_right_fast"][0] >= 3 > median["01_move_right"][0]
+  half = (FRAMES - 2) // 2
+  for cls, sign in (("05_pretend_move_right", 1), ("06_pretend_move_left", -1)):
+    first = np.median(shift[cls][:, :half - 1, 0])
+    last = np.median(shift[cls][:, half + 1:, 0])
+    assert sign * first > 0 > sign * last, (cls, first, last)
+
+
+def test_built_demo_sizes_names_and_decoded_motion(tmp_path):
+  out = str(tmp_path)
+  result = make_demo.make_demo(out, videos_per_class=2, val_videos_per_class=1, size=32,
+                               frames=8, workers=0)
+  info = records.read_info(out)
+  assert info.class_names == list(make_demo.CLASS_NAMES) == sorted(make_demo.CLASS_NAMES)
+  assert info.split_sizes == result.split_sizes == {"train": 24, "validation": 12}
+  assert result.failures == []
+  train = list(records.open_split(out, "train"))
+  assert sorted(r["label"] for r in train) == sorted(list(range(12)) * 2)
+  assert all((r["num_frames"], r["height"], r["width"]) == (8, 32, 32) for r in train)
+  fast = [r for r in train if r["label"] == make_demo.CLASS_NAMES.index("04_move_right_fast")]
+  decoded = np.stack([simplejpeg.decode_jpeg(f) for f in fast[0]["frames"]])
+  assert np.median(_shifts(decoded)[:, 0]) >= 2  # Motion survives h264 + JPEG.
+
+
+def test_default_sizes_match_the_demo_config():
+  defaults = inspect.signature(make_demo.make_demo).parameters
+  demo = DATASETS["demo"]
+  assert demo["num_classes"] == len(make_demo.CLASS_NAMES)
+  assert demo["train_size"] == defaults["videos_per_class"].default * len(make_demo.CLASS_NAMES)
+  assert demo["val_size"] == defaults["val_videos_per_class"].default * len(make_demo.CLASS_NAMES)
