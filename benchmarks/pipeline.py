@@ -1,0 +1,189 @@
+"""Train input pipeline throughput next to the raw JPEG decode rate of the same frames.
+
+  python -m benchmarks.pipeline                       # synthetic 256x340 videos in a temp dir
+  python -m benchmarks.pipeline --data_dir data/sthv1 --threads 1,2,4 --workers 0,2 --json out.json
+
+For each reader setting the train pipeline (`make_train_iter`) runs for `--batches` batches after
+`--warmup` batches. Reported per row: clips/s and frames/s (wall clock), frames per CPU-second of
+this process and its grain workers (wall rates are noisy on a shared machine, CPU-seconds much
+less), and the ratios to the raw decode row, which decodes the same sampled frames from
+in-memory bytes with simplejpeg on one thread. A second reference row adds the train crop/resize/
+flip to that decode. Goal: pipeline frames per CPU-second >= 85% of raw decode.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import cv2
+import numpy as np
+import simplejpeg
+
+from configs.common import input_config
+from data_pipelines import pipeline
+from data_pipelines import records
+from data_pipelines import sampling
+from data_pipelines import transforms
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Built dataset; default: a synthetic one.")
+_SPLIT = flags.DEFINE_string("split", "train", "Split to read.")
+_FRAMES = flags.DEFINE_integer("num_frames", 8, "Frames per clip (T).")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Clips per batch.")
+_BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per setting.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches per setting.")
+_THREADS = flags.DEFINE_list("threads", ["1", "2", "4"], "num_threads values to time.")
+_WORKERS = flags.DEFINE_list("workers", ["0"], "num_workers values (0: threads only).")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+# Grain's index_shuffle costs ~30 ms / N per element (0.6 ms at N = 48, 30 us at N = 1024):
+# tiny datasets would mostly measure the shuffle.
+_SYN_VIDEOS = flags.DEFINE_integer("synthetic_videos", 1024, "Synthetic dataset size.")
+_SYN_FRAMES = flags.DEFINE_integer("synthetic_frames", 40, "Frames per synthetic video.")
+
+
+def synthetic_frames(rng: np.random.Generator, num_frames: int, height: int = 256,
+                     width: int = 340) -> list[bytes]:
+  """JPEG frames (quality 90, ~25 kB at 256x340) of a drifting smooth texture with grain."""
+  base = cv2.resize(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), (width + num_frames, height),
+                    interpolation=cv2.INTER_LINEAR)
+  out = []
+  for f in range(num_frames):
+    frame = base[:, f:f + width].astype(np.int16) + rng.integers(-3, 4, (height, width, 3))
+    out.append(simplejpeg.encode_jpeg(np.clip(frame, 0, 255).astype(np.uint8), quality=90,
+                                      colorspace="RGB"))
+  return out
+
+
+def build_synthetic(out_dir: str, num_videos: int, num_frames: int) -> None:
+  """`num_videos` records cycling over 32 distinct encoded videos (encoding is the slow part)."""
+  rng = np.random.default_rng(0)
+  start = time.perf_counter()
+  pool = [synthetic_frames(rng, num_frames) for _ in range(min(32, num_videos))]
+  videos = (dict(frames=pool[v % len(pool)], label=v % 10, video_id=f"synthetic{v:05d}",
+                 fps=12.0, height=256, width=340, num_frames=num_frames)
+            for v in range(num_videos))
+  records.write_split(out_dir, "train", videos, num_shards=8)
+  records.write_metadata(out_dir, [f"class {k}" for k in range(10)], ["train"],
+                         dict(source="benchmarks.pipeline synthetic"))
+  logging.info("Built %d synthetic videos x %d frames in %.1f s.", num_videos, num_frames,
+               time.perf_counter() - start)
+
+
+def raw_decode(data_dir: str, split: str, cfg, num_clips: int) -> list[dict]:
+  """Single-thread rates on the frames TSN sampling picks, from in-memory bytes.
+
+  Two reference rows: simplejpeg decode alone, and decode + the train crop/resize/flip (what a
+  pipeline with zero reading, batching and threading overhead would reach).
+  """
+  source = records.open_split(data_dir, split)
+  rng = np.random.default_rng(0)
+  clips = []
+  for i in range(num_clips):
+    record = source[(i * 7919) % len(source)]
+    idx = sampling.tsn_train(len(record["frames"]), cfg.num_frames, rng)
+    clips.append([record["frames"][int(f)] for f in idx])
+  height, width = transforms.decode_jpeg(clips[0][0]).shape[:2]
+
+  def decode_only():
+    for clip in clips:
+      for data in clip:
+        transforms.decode_jpeg(data)
+
+  def decode_augment():
+    for clip in clips:
+      frames = transforms.JpegFrames(clip, range(len(clip)), str)
+      transforms.augment_train(frames, height=height, width=width, crop_size=cfg.crop_size,
+                               scales=cfg.scales, allow_flip=True, rng=rng)
+
+  rows = []
+  for setting, fn in [("raw simplejpeg decode, 1 thread", decode_only),
+                      ("decode + crop/resize/flip, 1 thread", decode_augment)]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    frames = num_clips * cfg.num_frames
+    rows.append(dict(setting=setting, clips_s=num_clips / wall, frames_s=frames / wall,
+                     frames_cpu_s=frames / cpu, cores=1, frame_size=f"{height}x{width}"))
+  return rows
+
+
+def cpu_seconds() -> float:
+  """CPU time of this process plus its live child processes (grain workers), Linux /proc."""
+  total = time.process_time()
+  ticks = os.sysconf("SC_CLK_TCK")
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # The process ended meanwhile.
+      continue
+    if int(fields[1]) == os.getpid():  # ppid; then utime, stime at fields 11, 12.
+      total += (int(fields[11]) + int(fields[12])) / ticks
+  return total
+
+
+def time_pipeline(cfg, threads: int, workers: int) -> dict:
+  cfg = cfg.copy_and_resolve_references()
+  cfg.num_threads, cfg.num_workers = threads, workers
+  it = pipeline.make_train_iter(cfg)
+  # Worker processes fill their buffers while the first batch waits for them to start; drain
+  # those so the timed batches measure the steady production rate.
+  for _ in range(_WARMUP.value + 2 * cfg.prefetch * workers):
+    next(it)
+  wall, cpu = time.perf_counter(), cpu_seconds()
+  for _ in range(_BATCHES.value):
+    batch = next(it)
+  wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+  clips = _BATCHES.value * cfg.batch_size
+  frames = clips * cfg.num_frames
+  assert batch["video"].shape == (cfg.batch_size, cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
+  setting = f"pipeline, {threads} threads" + (f", {workers} workers" if workers else "")
+  cores = min(len(os.sched_getaffinity(0)), threads * max(1, workers))
+  return dict(setting=setting, clips_s=clips / wall, frames_s=frames / wall,
+              frames_cpu_s=frames / cpu, cores=cores)
+
+
+def markdown(rows: list[dict], raw: dict) -> str:
+  lines = ["| setting | clips/s | frames/s | frames/CPU-s | vs raw decode (CPU) | "
+           "vs raw decode (wall, per core) |", "|---|---:|---:|---:|---:|---:|"]
+  for row in rows:
+    cpu_ratio = "" if row is raw else f"{row['frames_cpu_s'] / raw['frames_cpu_s']:.0%}"
+    # Per core it could use: min(available cores, reader threads x processes).
+    wall_ratio = "" if row is raw else f"{row['frames_s'] / row['cores'] / raw['frames_s']:.0%}"
+    lines.append(f"| {row['setting']} | {row['clips_s']:.1f} | {row['frames_s']:.0f} | "
+                 f"{row['frames_cpu_s']:.0f} | {cpu_ratio} | {wall_ratio} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = _DATA_DIR.value
+    if data_dir is None:
+      data_dir = tmp
+      build_synthetic(data_dir, _SYN_VIDEOS.value, _SYN_FRAMES.value)
+    cfg = input_config("k400", _FRAMES.value)
+    cfg.update(dict(data_dir=data_dir, train_split=_SPLIT.value, batch_size=_BATCH.value,
+                    flip="flip"))
+    clips = (_WARMUP.value + _BATCHES.value) * _BATCH.value
+    rows = raw_decode(data_dir, _SPLIT.value, cfg, clips)
+    raw = rows[0]
+    logging.info("Raw decode: %.0f frames/s.", raw["frames_s"])
+    for workers in map(int, _WORKERS.value):
+      for threads in map(int, _THREADS.value):
+        rows.append(time_pipeline(cfg, threads, workers))
+        logging.info("%s: %.0f frames/s.", rows[-1]["setting"], rows[-1]["frames_s"])
+  header = (f"T={_FRAMES.value}, batch {_BATCH.value}, crop {cfg.crop_size}, frames "
+            f"{raw['frame_size']}, {len(os.sched_getaffinity(0))} cores, load average "
+            f"{os.getloadavg()[0]:.1f}")
+  print(header + "\n\n" + markdown(rows, raw))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(dict(header=header, rows=rows), f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

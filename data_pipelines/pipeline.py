@@ -1,0 +1,205 @@
+"""Grain input pipelines over the video records of `data_pipelines.records`.
+
+Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat ->
+`random_map` (read record, sample frame indices, decode only those frames, multi-scale crop,
+flip) -> prefetch (reader threads, or worker processes when `num_workers > 0`) -> batch.
+All randomness comes from grain's per-element rng, so the iterator state (`get_state`, or
+`grain.checkpoint.CheckpointSave` in an Orbax CheckpointManager) fully determines the stream.
+
+Eval: every record exactly once; process p takes records p, p + P, ...; each process pads its
+slice to the same number of whole batches with masked-out (`mask=False`, `index=-1`) elements.
+
+Batches are host numpy arrays of this process's clips (B = global batch / process_count):
+  train: video uint8 [B, T, S, S, 3], label int32 [B]
+  eval:  video uint8 [B, V, T, S, S, 3] (V = clips * crops, clip-major), label int32 [B],
+         mask bool [B], index int32 [B] (record index in the split, -1 on padding)
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from absl import logging
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipelines import records
+from data_pipelines import sampling
+from data_pipelines import transforms
+from data_pipelines.transforms import normalize  # noqa: F401  (public API of the pipeline)
+
+
+def _per_process(global_batch: int, process_count: int, what: str) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"{what}={global_batch} is not divisible by process_count={process_count}.")
+  return global_batch // process_count
+
+
+class _ClipReader:
+  """Reads records of one split; decodes only the sampled frames, with errors that locate them."""
+
+  def __init__(self, data_dir: str, split: str):
+    self.data_dir = data_dir
+    self.split = split
+    self.source = records.open_split(data_dir, split)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def read(self, index: int) -> dict[str, Any]:
+    try:
+      return self.source[index]
+    except ValueError as e:
+      raise ValueError(f"{self.data_dir}: split {self.split!r} record {index}: {e}") from e
+
+  def frames(self, record: dict[str, Any], index: int,
+             frame_indices: np.ndarray) -> transforms.JpegFrames:
+    """Frames `frame_indices` [T] of the record, decoded lazily; errors name the frame."""
+    def describe(frame: int) -> str:
+      return (f"{self.data_dir}: split {self.split!r} record {index} "
+              f"(video_id {record['video_id']!r}) frame {frame}")
+    return transforms.JpegFrames(record["frames"], frame_indices, describe)
+
+
+class TrainClip(grain.transforms.RandomMap):
+  """Record index -> dict(video=uint8 [T, S, S, 3], label=int32) with TSN augmentation."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader,
+               flip_labels: np.ndarray | None):
+    if cfg.flip not in transforms.FLIP_POLICIES:
+      raise ValueError(f"Unknown flip policy {cfg.flip!r}; expected {transforms.FLIP_POLICIES}.")
+    self.reader = reader
+    self.num_frames = cfg.num_frames
+    self.sampling = cfg.sampling
+    self.dense_stride = cfg.dense_stride
+    self.crop_size = cfg.crop_size
+    self.scales = tuple(cfg.scales)
+    self.allow_flip = cfg.flip != "none"
+    self.flip_labels = flip_labels
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    record = self.reader.read(index)
+    idx = sampling.train_indices(len(record["frames"]), self.num_frames, rng,
+                                 sampling=self.sampling, dense_stride=self.dense_stride)
+    frames = self.reader.frames(record, index, idx)
+    video, flipped = transforms.augment_train(
+      frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
+      scales=self.scales, allow_flip=self.allow_flip, rng=rng)
+    label = record["label"]
+    if flipped and self.flip_labels is not None:
+      label = self.flip_labels[label]
+    return dict(video=video, label=np.int32(label))
+
+
+class EvalClip(grain.transforms.Map):
+  """Position in this process's padded slice -> dict(video, label, mask, index)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader, *, clips: int,
+               crops: int, process_index: int, process_count: int):
+    transforms.eval_boxes(cfg.resize_short, cfg.resize_short, cfg.crop_size, crops)  # Validate.
+    self.reader = reader
+    self.num_frames = cfg.num_frames
+    self.sampling = cfg.sampling
+    self.dense_stride = cfg.dense_stride
+    self.clip_sampling = cfg.test_clip_sampling
+    self.seed = cfg.shuffle_seed
+    self.resize_short = cfg.resize_short
+    self.crop_size = cfg.crop_size
+    self.clips, self.crops = clips, crops
+    self.process_index, self.process_count = process_index, process_count
+
+  def map(self, position: int) -> dict[str, np.ndarray]:
+    index = self.process_index + position * self.process_count
+    if index >= len(self.reader):
+      shape = (self.clips * self.crops, self.num_frames, self.crop_size, self.crop_size, 3)
+      return dict(video=np.zeros(shape, np.uint8), label=np.int32(0), mask=np.bool_(False),
+                  index=np.int32(-1))
+    record = self.reader.read(index)
+    # Seeded by record, so random test clips do not depend on batching or process count.
+    rng = np.random.default_rng([self.seed, index])
+    idx = sampling.eval_indices(len(record["frames"]), self.num_frames, self.clips,
+                                sampling=self.sampling, dense_stride=self.dense_stride,
+                                clip_sampling=self.clip_sampling, rng=rng)
+    views = [transforms.eval_views(self.reader.frames(record, index, clip),
+                                   resize_short=self.resize_short, crop_size=self.crop_size,
+                                   crops=self.crops) for clip in idx]
+    return dict(video=np.concatenate(views), label=np.int32(record["label"]),
+                mask=np.bool_(True), index=np.int32(index))
+
+
+def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:
+  if cfg.flip != "flip_swap_labels":
+    return None
+  names = records.read_info(cfg.data_dir).class_names
+  pairs = transforms.swap_pairs_from_names(names)
+  if pairs:
+    logging.info("Flip swaps labels %s.", [(names[i], names[j]) for i, j in pairs])
+  else:
+    logging.warning("flip='flip_swap_labels' but no left/right class pairs in %s.", cfg.data_dir)
+  return transforms.flip_label_map(len(names), pairs)
+
+
+def _prefetch(ds: grain.MapDataset, cfg: ml_collections.ConfigDict,
+              batch_size: int, drop_remainder: bool) -> grain.IterDataset:
+  """Element-level reader threads, then batching; optionally whole batches from processes."""
+  read = grain.ReadOptions(num_threads=cfg.num_threads,
+                           prefetch_buffer_size=max(1, cfg.prefetch) * batch_size)
+  ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=drop_remainder)
+  if cfg.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=cfg.num_workers, per_worker_buffer_size=max(1, cfg.prefetch)))
+  return ds
+
+
+def make_train_iter(input_cfg: ml_collections.ConfigDict, *, process_index: int = 0,
+                    process_count: int = 1, seed: int | None = None) -> grain.DatasetIterator:
+  """Endless, checkpointable iterator of this process's train batches (see module docstring)."""
+  cfg = input_cfg
+  batch = _per_process(cfg.batch_size, process_count, "batch_size")
+  reader = _ClipReader(cfg.data_dir, cfg.train_split)
+  seed = cfg.shuffle_seed if seed is None else seed
+  # Processes shuffle their own slices; a per-process seed also decorrelates their augmentations.
+  process_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+  ds = grain.MapDataset.range(len(reader))[process_index::process_count]
+  if len(ds) < batch:
+    raise ValueError(f"{cfg.data_dir} split {cfg.train_split!r}: {len(ds)} records for process "
+                     f"{process_index}, fewer than one batch of {batch}.")
+  ds = ds.seed(process_seed).shuffle().repeat()
+  ds = ds.random_map(TrainClip(cfg, reader, _flip_labels(cfg)))
+  return iter(_prefetch(ds, cfg, batch, drop_remainder=True))
+
+
+def _eval_split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
+  sizes = records.read_info(cfg.data_dir).split_sizes
+  if split not in sizes:
+    raise ValueError(f"{cfg.data_dir}: no split {split!r}; has {sorted(sizes)}.")
+  return sizes[split]
+
+
+def _eval_layout(num_records: int, eval_batch_size: int, process_count: int) -> tuple[int, int]:
+  """(per-process batch, batches per process), equal on every process."""
+  batch = _per_process(eval_batch_size, process_count, "eval_batch_size")
+  per_process = -(-num_records // process_count)
+  return batch, -(-per_process // batch)
+
+
+def num_eval_batches(input_cfg: ml_collections.ConfigDict, *, split: str | None = None,
+                     process_count: int = 1) -> int:
+  """Batches `make_eval_iter` yields on every process."""
+  split = split or input_cfg.eval_split
+  return _eval_layout(_eval_split_size(input_cfg, split), input_cfg.eval_batch_size,
+                      process_count)[1]
+
+
+def make_eval_iter(input_cfg: ml_collections.ConfigDict, *, split: str | None = None,
+                   process_index: int = 0, process_count: int = 1, clips: int | None = None,
+                   crops: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split`, every record exactly once over all processes (module docstring)."""
+  cfg = input_cfg
+  split = split or cfg.eval_split
+  reader = _ClipReader(cfg.data_dir, split)
+  batch, num_batches = _eval_layout(len(reader), cfg.eval_batch_size, process_count)
+  ds = grain.MapDataset.range(num_batches * batch).map(EvalClip(
+    cfg, reader, clips=clips or cfg.test_clips, crops=crops or cfg.test_crops,
+    process_index=process_index, process_count=process_count))
+  return iter(_prefetch(ds, cfg, batch, drop_remainder=False))
