@@ -1,0 +1,144 @@
+"""Orbax checkpoints of {train state, data iterator}, retention, and the pre-emption flag.
+
+One step directory `<workdir>/checkpoints/<step>/` holds two items: `state` (the TrainState,
+global jax arrays) and `data` (the grain iterator position, one JSON per process). This is the
+only module that talks to Orbax, so a move to the V1 API stays a one-file change.
+
+Retention: the latest `keep_latest` steps plus the `keep_best` steps by validation top-1. It
+is spelled as a preservation policy because `max_to_keep` combined with `best_fn` keeps the
+best steps only and deletes the latest one, silently rewinding a resumed run.
+"""
+
+import os
+import signal
+import threading
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+from fstfl_jax import sharding as sharding_lib
+
+STATE, DATA = "state", "data"
+BEST_METRIC = "top1"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+  return metrics[BEST_METRIC]
+
+
+def make_manager(directory: str, ckpt_cfg: ml_collections.ConfigDict | None = None,
+                 *, read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager over `directory` (see `checkpoint_dir`); `ckpt_cfg` from configs/recipe.py."""
+  keep = [policies.LatestN(n=ckpt_cfg.keep_latest if ckpt_cfg else 1)]
+  if ckpt_cfg and ckpt_cfg.keep_best:
+    # Steps without eval metrics are left to LatestN, or they would all be kept forever.
+    keep.append(policies.BestN(get_metric_fn=_best_metric, reverse=False, n=ckpt_cfg.keep_best,
+                               keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=policies.AnyPreservationPolicy(keep),
+    best_fn=_best_metric, best_mode="max",   # For `best_step()` only.
+    enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg else False,
+    create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(
+    directory, options=options,
+    item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                   DATA: grain.checkpoint.CheckpointHandler()})
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
+         metrics: dict[str, float] | None = None) -> None:
+  """Starts an (async) save of state and iterator at `step`; eval `metrics` rank best steps."""
+  manager.save(step, args=ocp.args.Composite(
+    **{STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(data_iter)}),
+    metrics=metrics, force=True)
+
+
+def with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:
+  """Every leaf as a ShapeDtypeStruct placed with `sharding` (restore target)."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any) -> Any:
+  """Restores the train state (onto `abstract_state`'s shardings) and, in place, the iterator."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+    **{STATE: ocp.args.StandardRestore(abstract_state),
+       DATA: grain.checkpoint.CheckpointRestore(data_iter)}))
+  return restored[STATE]
+
+
+def _resolve_dir(path: str) -> str:
+  """A workdir or its `checkpoints/` directory -> the latter."""
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.sharding.Mesh,
+                       step: int | None = None) -> tuple[Any, int]:
+  """Restores only the `state` item, replicated onto `mesh`, whatever mesh it was saved from.
+
+  Args:
+    workdir: a training workdir, or its `checkpoints/` directory.
+    abstract_state: target pytree (arrays or ShapeDtypeStructs, e.g. from `jax.eval_shape`);
+      None restores whatever the checkpoint holds, as nested dicts.
+    mesh: the current mesh; an 8-device checkpoint restores onto 1 device and vice versa.
+    step: a saved step; None takes the latest.
+
+  Returns:
+    (state, step).
+  """
+  directory = _resolve_dir(workdir)
+  manager = make_manager(directory, read_only=True)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint found in {directory}.")
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"Step {step} not in {directory}; saved: {manager.all_steps()}.")
+  if abstract_state is None:
+    abstract_state = manager.item_metadata(step)[STATE]
+  target = with_sharding(abstract_state, sharding_lib.replicated(mesh))
+  restored = manager.restore(step, args=ocp.args.Composite(
+    **{STATE: ocp.args.StandardRestore(target)}))
+  manager.close()
+  return restored[STATE], step
+
+
+class PreemptionWatcher:
+  """Sets a flag on SIGTERM so the loop can save and exit between steps.
+
+  Processes can receive the signal at different steps; `should_stop` agrees across processes
+  (a collective, so call it at the same steps everywhere, e.g. at log steps).
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: will save a checkpoint and stop.", signum)
+    self.requested = True
+
+  def should_stop(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray(self.requested))
+    return bool(np.any(flags))
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

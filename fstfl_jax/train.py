@@ -1,0 +1,282 @@
+"""Training loop: one jitted data-parallel step, logging, checkpoints, resume, in-training eval.
+
+`train_and_evaluate` follows big_vision's order: mesh -> model/optimizer (shapes by
+`eval_shape`) -> input -> restore or initialise -> jitted step -> loop (log, NaN check,
+checkpoint, eval). Metrics stay on device until a log, eval or checkpoint step, so the host
+never waits for a step it does not need.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from fstfl_jax import checkpointing
+from fstfl_jax import metrics as metrics_lib
+from fstfl_jax import optim
+from fstfl_jax import sharding as sharding_lib
+from fstfl_jax import train_state as ts
+from fstfl_jax.models import build_model
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+METRICS_FILE = "metrics.jsonl"
+
+
+class DataModule(Protocol):
+  """What the loop needs from the input pipeline (`data_pipelines.pipeline` by default)."""
+
+  def make_train_iter(self, input_cfg: ml_collections.ConfigDict, *, process_index: int,
+                      process_count: int, seed: int) -> Iterator[Batch]: ...
+
+  def normalize(self, video: jax.Array) -> jax.Array: ...
+
+
+# Called as eval_fn(config, state, mesh, step) -> {"top1": ..., ...} (host floats).
+EvalFn = Callable[[ml_collections.ConfigDict, ts.TrainState, jax.sharding.Mesh, int],
+                  dict[str, float]]
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    normalize: Callable[[jax.Array], jax.Array]
+                    ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, Metrics]]:
+  """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
+
+  `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]. Run under `jax.jit`
+  with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
+  so XLA all-reduces gradients and BN statistics across devices (SyncBN).
+  """
+
+  def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
+    # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    video = normalize(batch["video"])
+    labels = batch["label"]
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, video, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      loss = metrics_lib.softmax_cross_entropy(logits, labels).mean()
+      return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    accuracy = metrics_lib.topk_correct(logits, labels, (1,))[1].mean(dtype=jnp.float32)
+    return new_state, dict(loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads),
+                           lr=schedule(state.step))
+
+  return step
+
+
+def jit_train_step(step_fn: Callable, mesh: jax.sharding.Mesh, state_sharding: Any) -> Callable:
+  """jit with the state donated (updated in place) and kept replicated."""
+  return jax.jit(step_fn, donate_argnums=0,
+                 out_shardings=(state_sharding, sharding_lib.replicated(mesh)))
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  return max(1, config.train.num_train_examples // config.input.batch_size)
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  if config.train.num_train_steps > 0:
+    return config.train.num_train_steps
+  return config.optim.num_epochs * steps_per_epoch(config)
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """Model, optimizer, schedule, init function and the abstract (shape-only) train state."""
+  model = build_model(config.model)
+  schedule = optim.make_schedule(config.optim, steps_per_epoch(config), config.input.batch_size)
+  tx = optim.make_optimizer(config.optim, schedule)
+  size = config.input.crop_size
+  init_fn = ts.make_init_fn(model, tx, (1, config.model.num_frames, size, size, 3))
+  rng = jax.random.PRNGKey(config.train.seed)
+  abstract = checkpointing.with_sharding(jax.eval_shape(init_fn, rng),
+                                         sharding_lib.replicated(mesh))
+  return model, tx, schedule, init_fn, abstract
+
+
+def load_pretrained(config: ml_collections.ConfigDict, state: ts.TrainState,
+                     tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> ts.TrainState:
+  """config.init_from (another run's weights) > config.init_imagenet (converted file)."""
+  current = {"params": state.params, "batch_stats": state.batch_stats}
+  if config.init_from:
+    source, step = checkpointing.restore_state_only(config.init_from, None, mesh)
+    logging.info("Initialising from %s (step %d).", config.init_from, step)
+    variables = {k: ts.merge_matching(current[k], source[k], f"init_from {k}") for k in current}
+  elif config.init_imagenet:
+    from fstfl_jax.models import convert  # Imported here: only this path needs it.
+    variables, report = convert.merge_pretrained(current, convert.load_converted(
+      config.init_imagenet))
+    logging.info("ImageNet init from %s: %d tensors copied, fresh: %s", config.init_imagenet,
+                 len(report.copied), report.kept_fresh)
+  else:
+    return state
+  state = ts.replace_weights(state, tx, variables)
+  return jax.device_put(state, jax.tree.map(lambda _: sharding_lib.replicated(mesh), state))
+
+
+class _Logs:
+  """JSONL (metrics.MetricWriter) + TensorBoard, process 0 only, plus the progress line."""
+
+  def __init__(self, workdir: str, total: int, resumed_step: int):
+    path = os.path.join(workdir, METRICS_FILE)
+    if jax.process_index() == 0 and os.path.exists(path):
+      _truncate_after(path, resumed_step)
+    self.jsonl = metrics_lib.MetricWriter(path)
+    self.tb = None
+    if jax.process_index() == 0:
+      import tensorboardX  # Imported here: only process 0 writes events.
+      self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.progress = metrics_lib.Progress(total)  # Its clock starts at the first log step.
+
+  def write(self, step: int, values: dict[str, float], prefix: str) -> None:
+    self.jsonl.write(step, {f"{prefix}/{k}": v for k, v in values.items()})
+    if self.tb is not None:
+      for k, v in values.items():
+        self.tb.add_scalar(f"{prefix}/{k}", v, step)
+      self.tb.flush()
+
+  def close(self) -> None:
+    self.jsonl.close()
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Drops log lines of steps after the restored checkpoint: they are about to be redone."""
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+
+
+def _summarise(pending: list[tuple[int, Metrics]]) -> dict[str, float]:
+  """Fetches the buffered step metrics; raises on the first non-finite loss with its step."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, fetched):
+    if not math.isfinite(float(m["loss"])):
+      raise FloatingPointError(
+        f"Non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last checkpoint "
+        "before it is untouched.")
+  out = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
+  out["lr"] = float(fetched[-1]["lr"])
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       with_eval: bool = True, data: DataModule | None = None,
+                       eval_fn: EvalFn | None = None) -> ts.TrainState:
+  """Trains (resuming from `workdir` if it has a checkpoint); returns the final state.
+
+  Args:
+    config: the full config (configs/<dataset>.py).
+    workdir: checkpoints, metrics.jsonl and TensorBoard events go here.
+    with_eval: validate every `train.eval_every_epochs` and at the end (`train.eval_at_end`).
+    data: the input pipeline module; defaults to `data_pipelines.pipeline`.
+    eval_fn: validation function; defaults to `fstfl_jax.evaluate.validate`.
+
+  Raises:
+    FloatingPointError: on a non-finite loss, naming the step; checkpoints written before that
+      step stay intact.
+  """
+  if data is None:
+    from data_pipelines import pipeline as data  # Imported here so tests can inject data.
+  if eval_fn is None:
+    from fstfl_jax.evaluate import validate as eval_fn  # Imported here: only eval needs it.
+
+  # ---------------------------------------------------------------- Mesh, model, optimizer.
+  mesh = sharding_lib.make_mesh()
+  sharding_lib.local_batch_size(config.input.batch_size, mesh)
+  num_steps = total_steps(config)
+  spe = steps_per_epoch(config)
+  with jax.set_mesh(mesh):
+    model, tx, schedule, init_fn, abstract = build(config, mesh)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+    train_step = jit_train_step(make_train_step(model, tx, schedule, data.normalize),
+                                mesh, state_sharding)
+
+    # -------------------------------------------------------------------------- Input.
+    train_iter = data.make_train_iter(config.input, process_index=jax.process_index(),
+                                      process_count=jax.process_count(),
+                                      seed=config.input.shuffle_seed)
+
+    # ----------------------------------- Resume: own checkpoint > init_from > ImageNet > scratch.
+    manager = checkpointing.make_manager(checkpointing.checkpoint_dir(workdir), config.checkpoint)
+    latest = manager.latest_step()
+    if latest is not None:
+      logging.info("Resuming from %s step %d.", manager.directory, latest)
+      state = checkpointing.restore(manager, latest, abstract, train_iter)
+    else:
+      state = jax.jit(init_fn, out_shardings=state_sharding)(
+        jax.random.PRNGKey(config.train.seed))
+      state = load_pretrained(config, state, tx, mesh)
+    step = int(jax.device_get(state.step))
+
+    # ---------------------------------------------------------------------------- Loop.
+    log_every = max(1, config.train.log_every_steps)
+    eval_every = config.train.eval_every_epochs * spe if with_eval else 0
+    logs = _Logs(workdir, num_steps, step)
+    watcher = checkpointing.PreemptionWatcher()
+    pending: list[tuple[int, Metrics]] = []
+    compiled_step = None
+    window_start, window_step = time.monotonic(), step
+    try:
+      while step < num_steps:
+        batch = sharding_lib.to_global(next(train_iter), mesh)
+        if compiled_step is None:
+          compiled_step = sharding_lib.compile_in_lockstep(train_step, state, batch,
+                                                           name=f"train_step_compiled_{step}")
+        state, step_metrics = compiled_step(state, batch)
+        step += 1
+        pending.append((step, step_metrics))
+
+        last = step == num_steps
+        do_eval = bool(eval_every and step % eval_every == 0) or (
+          last and with_eval and config.train.eval_at_end)
+        every = config.checkpoint.every_steps
+        do_ckpt = do_eval or last or (every > 0 and step % every == 0)
+        if not (do_ckpt or step % log_every == 0):
+          continue
+        values = _summarise(pending)
+        now = time.monotonic()
+        clips = (step - window_step) * config.input.batch_size
+        values["clips_per_sec"] = clips / (now - window_start)
+        values["epoch"] = step / spe
+        pending, window_start, window_step = [], now, step
+        logs.write(step, values, "train")
+        logging.info("train step %s | loss %.4f acc %.3f lr %.3g | %.1f clips/s",
+                     logs.progress.update(step), values["loss"], values["accuracy"], values["lr"],
+                     values["clips_per_sec"])
+        stop = watcher.should_stop()
+
+        eval_metrics = None
+        if do_eval:
+          eval_metrics = {k: float(v) for k, v in eval_fn(config, state, mesh, step).items()}
+          logs.write(step, eval_metrics, "val")
+          logging.info("val step %d: %s", step, eval_metrics)
+        if do_ckpt or stop:
+          checkpointing.save(manager, step, state, train_iter, metrics=eval_metrics)
+        if stop:
+          logging.warning("Stopped by pre-emption after step %d; checkpoint saved.", step)
+          break
+    finally:
+      # Lets an async save of the last good state finish even when a NaN aborts the run.
+      manager.wait_until_finished()
+      manager.close()
+      watcher.close()
+      logs.close()
+  return state
