@@ -56,6 +56,43 @@ def shift_time(y: jax.Array, direction: int) -> jax.Array:
   return jnp.concatenate([zeros, y[:, :-1]], axis=1)
 
 
+def stack_neighbour_frames(u: jax.Array) -> jax.Array:
+  """[B, T, H, W, C] -> [B*T, H, W, 3C]: frames t-1, t, t+1 side by side (zeros past the ends)."""
+  b, t = u.shape[:2]
+  up = jnp.pad(u, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
+  return jnp.concatenate([up[:, :t], up[:, 1:t + 1], up[:, 2:]], axis=-1).reshape(
+    (b * t,) + u.shape[2:-1] + (3 * u.shape[-1],))
+
+
+class GateConv(nn.Module):
+  """The gate's Conv3d (3x3x3, zero padding 1, 2 groups -> 2 channels, with bias).
+
+  The kernel keeps the reference's shape [3, 3, 3, C_g/2, 2] (group k's C_g/2 inputs -> output
+  k), but each group runs as a 2D 3x3 conv over its three neighbouring frames stacked into
+  channels. Same result and MACs; XLA:CPU runs this ~2.5x faster than a grouped 3D conv with
+  two output channels (and ~30x faster than a grouped 2D conv), and on accelerators it is an
+  ordinary 2D conv. `[B, T, H, W, C_g] -> [B, T, H, W, 2]`.
+  """
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, u: jax.Array) -> jax.Array:
+    b, t, h, w, c_g = u.shape
+    half = c_g // 2
+    kernel = self.param("kernel", layers.torch_default_kernel, (3, 3, 3, half, 2), jnp.float32)
+    bias = self.param("bias", layers.torch_default_bias(half * 27), (2,), jnp.float32)
+    outs = []
+    for k in range(2):
+      # (kt, kh, kw, C/2) -> (kh, kw, kt*C/2, 1), matching the frame-major stacked channels.
+      kk = jnp.transpose(kernel[..., k], (1, 2, 0, 3)).reshape(3, 3, 3 * half, 1)
+      outs.append(jax.lax.conv_general_dilated(
+        stack_neighbour_frames(u[..., k * half:(k + 1) * half].astype(self.dtype)),
+        kk.astype(self.dtype), (1, 1), [(1, 1), (1, 1)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32))
+    y = jnp.concatenate(outs, axis=-1) + bias
+    return y.reshape(b, t, h, w, 2).astype(self.dtype)
+
+
 class GSF(nn.Module):
   """Gate-Shift-Fuse on `[N, H, W, C]` with `N = B*T`.
 
@@ -80,12 +117,7 @@ class GSF(nn.Module):
     xg = x[..., :c_g].reshape(b, t, h, w, c_g)
     u = nn.relu(layers.batch_norm(self.cfg, group_rows=self.cfg.bn_group_size, name="bn3d")(
       xg, train))
-    fan_in = half * 27
-    gate = nn.Conv(
-      2, (3, 3, 3), padding=[(1, 1)] * 3, feature_group_count=2, use_bias=True, dtype=dtype,
-      param_dtype=jnp.float32, kernel_init=layers.torch_default_kernel,
-      bias_init=layers.torch_default_bias(fan_in), name="conv3d")(u)
-    gate = jnp.tanh(gate)
+    gate = jnp.tanh(GateConv(dtype, name="conv3d")(u))
 
     outs = []
     for k, direction in ((0, 1), (1, -1)):

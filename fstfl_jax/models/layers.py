@@ -78,9 +78,10 @@ class BatchNorm(nn.Module):
       var = jnp.square(xg - mean).mean(axes, keepdims=True)
       count = xg.size // (xg.shape[0] * c)
       if not self.is_initializing():
+        m = self.momentum
         unbiased = var.mean(axis=0).reshape(c) * (count / max(count - 1, 1))
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.mean(0).reshape(c)
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(axis=0).reshape(c)
+        ra_var.value = m * ra_var.value + (1 - m) * unbiased
       # Normalise per group, then restore the original leading axis.
       y = (xg - mean) * jax.lax.rsqrt(var + self.epsilon)
       return (y.reshape(x.shape) * scale + bias).astype(self.dtype)

@@ -14,7 +14,7 @@ from fstfl_jax.models.gsf import GSF
 
 
 class Bottleneck(nn.Module):
-  """conv1 1x1 -> bn1 -> relu -> conv2 3x3/s -> bn2 -> relu -> conv3 1x1 -> [GSF] -> bn3, + shortcut.
+  """conv1 1x1 -> bn1 -> relu -> conv2 3x3/s -> bn2 -> relu -> conv3 1x1 -> [GSF] -> bn3 (+ input).
 
   `[N, H, W, C_in] -> [N, H/s, W/s, 4*planes]`, N = B*T frames.
   """
