@@ -73,7 +73,9 @@ class SyntheticData:
 
 def tiny_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = common.model_config("fstfl", num_classes=5, num_frames=4)
+  # GSF (temporal ops, BN) without the STC: resume semantics do not depend on it, and the
+  # 8-device test (test_train_step.py) covers the full fstfl step.
+  config.model = common.model_config("gsf", num_classes=5, num_frames=4)
   config.model.update(width=8, stage_sizes=(1, 1, 1, 1))
   config.input = common.input_config("demo", num_frames=4)
   config.input.update(crop_size=32, batch_size=8)

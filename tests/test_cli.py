@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
   "--config", "configs/demo.py:frames=4",
@@ -24,7 +26,7 @@ TINY = [
 
 
 def _run(*args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(2),
              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
