@@ -23,8 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/sthv1.py:frames=8.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and eval results go here.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
-                          "train: no validation; eval: evaluate the latest checkpoint; "
-                          "train_and_eval: validate during and after training.")
+                          "train: no validation; eval: evaluate a checkpoint; "
+                          "train_and_eval: validate during training, then evaluate the final "
+                          "checkpoint under every protocol.")
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
   "host:port of process 0 for jax.distributed (multi-process jobs).")
@@ -33,6 +34,12 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
   "process_id", int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
   "This process's index.")
+_EVAL_PROTOCOL = flags.DEFINE_string(
+  "eval_protocol", "all", "Evaluation of the checkpoint: a name in config.evals, or 'all'.")
+_EVAL_CHECKPOINT = flags.DEFINE_enum("eval_checkpoint", "latest", ["latest", "best"],
+                                     "Which checkpoint --mode eval restores.")
+_EVAL_PREDICTIONS = flags.DEFINE_bool("eval_predictions", False,
+                                      "Also write per-video predictions (JSONL).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -77,7 +84,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   initialize_distributed()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  # Orbax wants absolute paths; a relative --workdir is relative to the current directory.
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_index() == 0:
@@ -90,8 +98,16 @@ def main(argv):
 
   if _MODE.value in ("train", "train_and_eval"):
     train.train_and_evaluate(config, workdir, with_eval=_MODE.value == "train_and_eval")
-  else:
-    evaluate.evaluate(config, workdir)
+  if _MODE.value in ("eval", "train_and_eval"):
+    # The saved checkpoint, restored as --mode eval would, under every protocol asked for.
+    results = evaluate.evaluate(config, workdir, protocol=_EVAL_PROTOCOL.value,
+                                checkpoint=_EVAL_CHECKPOINT.value,
+                                with_predictions=_EVAL_PREDICTIONS.value)
+    if jax.process_index() == 0:
+      for name, r in results.items():
+        print(f"{name}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
+              f"mean class {100 * r['mean_class_accuracy']:.2f}%  ({r['num_videos']} videos)",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -186,5 +186,7 @@ class Progress:
     first, start = self._start
     if done > first and now > start:
       self.rate = (done - first) / (now - start)
-    eta = format_duration((self.total - done) / self.rate) if self.rate > 0 else "?"
+    if not self.rate > 0:  # The clock has only just started.
+      return f"{done}/{self.total} ? {self.unit}/s ETA ?"
+    eta = format_duration((self.total - done) / self.rate)
     return f"{done}/{self.total} {self.rate:.2f} {self.unit}/s ETA {eta}"
