@@ -1,0 +1,251 @@
+r"""Grad-CAM of a trained video model on one video file, drawn like the paper's Figure 6.
+
+  python -m fstfl_jax.gradcam --workdir workdirs/demo \
+      --video demo_data/raw/validation/01_move_right/01_move_right_validation_0000.mp4 \
+      --out gradcam.png [--layer res5|res4|res3|res3_stc|res2] [--class NAME_OR_INDEX] \
+      [--gif gradcam.gif] [--checkpoint latest|best] [--config configs/demo.py]
+
+The video is decoded and sampled like the eval pipeline's single view (segment centres,
+short-side resize, centre crop; `fstfl_jax.video_io`). For the predicted class (or --class) c
+and the chosen stage output A (frames folded into the batch, [T, h, w, C]):
+
+  alpha[t, k] = mean_{i,j} d y_c / d A[t, i, j, k]          (gradient via the model's
+  cam[t]      = ReLU(sum_k alpha[t, k] A[t, :, :, k])         'perturbations' hook, jax.grad)
+
+upsampled (bilinear) to the crop size and divided by its maximum over the whole clip.
+y_c is the class logit (before the softmax), as in Selvaraju et al. (2017).
+
+Weights are per frame, not pooled over T. The network classifies each frame as an image
+(frames folded into the batch; GSF and STC only exchange features between frames) and averages
+the per-frame logits, so each frame has its own 2D feature map and its own gradient, which
+is what 2D Grad-CAM expects. Pooling the weights over T (the 3D-CNN variant) would assume
+that the same channels carry the class in every frame, which is not true of the temporal
+features that GSF and STC build: their channels respond to a motion phase (e.g. the return
+half of a "pretending" action) and change sign along the clip. At res5 the two choices
+coincide: d y_c / d A = W_fc[:, c] / (T h w) there, and Grad-CAM is CAM. Normalising over
+the clip rather than per frame keeps the frames comparable: a frame with little evidence
+stays dark.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines import pipeline
+from fstfl_jax import predict
+from fstfl_jax import sharding
+from fstfl_jax import video_io
+from fstfl_jax.models import build_model
+
+LAYERS = ("res5", "res4", "res3", "res3_stc", "res2")
+# Heat-map opacity over the frames; cold (blue) regions stay readable.
+OVERLAY_ALPHA = 0.45
+COLORMAP = "jet"
+# Jitted gradient functions by (model, layer): repeated calls (tests, notebooks) compile once.
+_FN_CACHE: dict[tuple[str, str], Callable[..., tuple[jax.Array, ...]]] = {}
+
+
+@dataclasses.dataclass
+class GradCam:
+  """One clip's Grad-CAM.
+
+  Attributes:
+    cam: float32 [T, S, S] in [0, 1] (upsampled, normalised over the clip).
+    raw: float32 [T, h, w], the map at the layer's resolution before upsampling.
+    class_index: the explained class.
+    probs: float32 [K], softmax of the clip's logits.
+  """
+  cam: np.ndarray
+  raw: np.ndarray
+  class_index: int
+  probs: np.ndarray
+
+
+def _variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+
+
+def available_layers(model: Any, variables: Mapping[str, Any], video: jax.Array) -> list[str]:
+  """The stage outputs that this model exposes for `video` (no computation, shapes only)."""
+  _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, mutable=["perturbations"]),
+                            _variables(variables), video)
+  return sorted(state["perturbations"])
+
+
+def make_layer_gradients(model: Any, layer: str) -> Callable[..., tuple[jax.Array, ...]]:
+  """A jitted `(variables, video, class_index) -> (logits, activations, gradients)`.
+
+  Args of the returned function:
+    variables: {'params', 'batch_stats'}.
+    video: normalised float [B, T, S, S, 3].
+    class_index: int32 [B]; a negative entry means the clip's own top-1 class.
+
+  Returns:
+    logits float32 [B, K]; the layer's activations and the gradients of the chosen class logits
+    with respect to them, both float32 [B*T, h, w, C] (frames folded into the batch). The clips
+    are independent in eval mode, so one gradient of the summed class logits serves the batch.
+  """
+
+  def fn(variables, video, class_index):
+    variables = _variables(variables)
+    _, shapes = jax.eval_shape(
+      lambda x: model.apply(variables, x, train=False, mutable=["perturbations"]), video)
+    # Every tapped stage must have an entry once the collection is given (flax raises otherwise).
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["perturbations"])
+
+    def class_logits(perturbations):
+      logits, state = model.apply({**variables, "perturbations": perturbations}, video,
+                                  train=False, mutable=["intermediates"])
+      top1 = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+      chosen = jnp.where(class_index < 0, top1, class_index)
+      target = jnp.take_along_axis(logits, chosen[:, None], axis=-1).sum()
+      return target, (logits, state["intermediates"][layer][0])
+
+    grads, (logits, acts) = jax.grad(class_logits, has_aux=True)(zeros)
+    return logits, acts.astype(jnp.float32), grads[layer].astype(jnp.float32)
+
+  key = (repr(model), layer)  # A linen module's repr lists all its attributes (its config).
+  if key not in _FN_CACHE:
+    _FN_CACHE[key] = jax.jit(fn)
+  return _FN_CACHE[key]
+
+
+def gradcam_maps(activations: np.ndarray, gradients: np.ndarray, num_frames: int) -> np.ndarray:
+  """Per-frame Grad-CAM: [B*T, h, w, C] activations and gradients -> [B, T, h, w] (>= 0)."""
+  weights = gradients.mean(axis=(1, 2), keepdims=True)  # alpha[t, k], one set per frame.
+  cam = np.maximum((weights * activations).sum(-1), 0.0)
+  return cam.reshape((-1, num_frames) + cam.shape[1:])
+
+
+def upsample_normalise(cam: np.ndarray, size: int) -> np.ndarray:
+  """[..., T, h, w] -> [..., T, S, S] bilinear, divided by the max over each clip (0 stays 0)."""
+  out = np.asarray(jax.image.resize(cam, cam.shape[:-2] + (size, size), "bilinear"))
+  out = np.maximum(out, 0.0)  # Bilinear weights are >= 0; this only removes rounding noise.
+  peak = out.max(axis=(-3, -2, -1), keepdims=True)
+  return np.divide(out, peak, out=np.zeros_like(out), where=peak > 0).astype(np.float32)
+
+
+def compute(model: Any, variables: Mapping[str, Any], views: np.ndarray, layer: str,
+            class_index: int | None = None) -> GradCam:
+  """Grad-CAM of one clip `views` uint8 [1, T, S, S, 3] at `layer` for `class_index` (or top-1)."""
+  video = pipeline.normalize(views)
+  layers = available_layers(model, variables, video)
+  if layer not in layers:
+    raise ValueError(f"Layer {layer!r} is not an output of this model; it has {layers} "
+                     "(res3_stc exists only for fstfl with an STC after res3).")
+  fn = make_layer_gradients(model, layer)
+  index = np.asarray([-1 if class_index is None else class_index], np.int32)
+  logits, acts, grads = jax.device_get(fn(variables, video, index))
+  raw = gradcam_maps(acts, grads, views.shape[1])[0]
+  chosen = int(np.argmax(logits[0])) if class_index is None else class_index
+  return GradCam(cam=upsample_normalise(raw, views.shape[2]), raw=raw, class_index=chosen,
+                 probs=predict.softmax(logits[0].astype(np.float64)).astype(np.float32))
+
+
+def overlay(frames: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+  """uint8 [T, S, S, 3] frames blended with the colour-mapped cam [T, S, S] -> uint8."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top  (plots only)
+  heat = colormaps[COLORMAP](cam)[..., :3] * 255.0
+  return ((1 - alpha) * frames + alpha * heat).round().clip(0, 255).astype(np.uint8)
+
+
+def save_figure(frames: np.ndarray, cam: np.ndarray, path: str, title: str,
+                metadata: Mapping[str, str] | None = None) -> None:
+  """The paper's Figure 6 layout as a PNG: the T frames (row "Raw") above the same frames
+  with the heat map overlaid (row "Grad-CAM"), one column per sampled moment T0..T{T-1}.
+
+  `metadata` goes into the PNG's text chunks (e.g. class and layer, for scripts).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top  (plots only)
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  t = len(frames)
+  fig, axes = plt.subplots(2, t, figsize=(1.5 * t + 0.6, 3.6), squeeze=False)
+  for row, images in enumerate((frames, overlay(frames, cam))):
+    for i, ax in enumerate(axes[row]):
+      ax.imshow(images[i], interpolation="bilinear")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        ax.set_title(f"T{i}", fontsize=9)
+    axes[row, 0].set_ylabel(("Raw", "Grad-CAM")[row], fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, metadata=dict(metadata or {}))
+  plt.close(fig)
+
+
+def save_gif(frames: np.ndarray, cam: np.ndarray, path: str, *, fps: float = 4.0,
+             min_side: int = 192) -> None:
+  """The overlaid frames as a looping animated GIF, enlarged to at least `min_side` pixels."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  blended = overlay(frames, cam)
+  scale = max(1, -(-min_side // blended.shape[1]))
+  images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
+                                      Image.Resampling.BILINEAR) for f in blended]
+  images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
+  """--class: a class name or a 0-based index (None: the predicted class)."""
+  if spec is None:
+    return None
+  if spec in names:
+    return list(names).index(spec)
+  if spec.lstrip("-").isdigit() and 0 <= int(spec) < len(names):
+    return int(spec)
+  raise ValueError(f"--class {spec!r} is neither a class name nor an index in [0, {len(names)}); "
+                   f"classes: {list(names)[:20]}{' ...' if len(names) > 20 else ''}.")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m fstfl_jax.gradcam",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
+  parser.add_argument("--video", required=True, help="A video file or a frame folder.")
+  parser.add_argument("--out", required=True, help="PNG to write.")
+  parser.add_argument("--layer", choices=LAYERS, default="res5")
+  parser.add_argument("--class", dest="class_", default=None, metavar="NAME_OR_INDEX",
+                      help="Class to explain; default the predicted one.")
+  parser.add_argument("--gif", default=None, help="Also write an animated GIF here.")
+  parser.add_argument("--config", default=None,
+                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
+  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  config = predict.load_config(args.workdir, args.config)
+  names = predict.class_names(config)
+  class_index = resolve_class(args.class_, names)
+  views = video_io.load_views(args.video, config.input, clips=1, crops=1,
+                              settings=video_io.decode_settings(config.input.data_dir))
+  mesh = sharding.make_mesh(1)  # One clip: a single device does it.
+  variables, step = predict.restore_variables(config, args.workdir, args.checkpoint, mesh)
+  result = compute(build_model(config.model), variables, views, args.layer, class_index)
+  name = names[result.class_index]
+  title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "
+           f"{config.model.name} step {step}\n{os.path.basename(args.video)}")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  save_figure(views[0], result.cam, args.out, title,
+              metadata={"class": name, "layer": args.layer, "step": str(step)})
+  print(f"{args.out}: Grad-CAM of {name!r} (p={result.probs[result.class_index]:.3f}) at "
+        f"{args.layer} ({result.raw.shape[1]}x{result.raw.shape[2]} map)")
+  if args.gif:
+    save_gif(views[0], result.cam, args.gif)
+    print(f"{args.gif}: animated")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

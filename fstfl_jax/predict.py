@@ -1,0 +1,234 @@
+r"""Classify video files with a trained checkpoint: top-k class names and probabilities.
+
+  python -m fstfl_jax.predict --workdir workdirs/demo \
+      --video demo_data/raw/validation/01_move_right [more files or folders] \
+      [--topk 5] [--json] [--checkpoint latest|best] [--batch_size N] [--clips K --crops C]
+
+The config comes from `<workdir>/config.json` (written by `fstfl_jax.main`), or from
+`--config configs/<dataset>.py[:variants]`. Every file is decoded and transformed exactly as
+the eval pipeline does it (`fstfl_jax.video_io`), with the views of the protocol the training
+validated with (`config.train_eval`) unless --clips/--crops are given, and scored by the
+eval step itself (`evaluate.make_eval_step`): the softmax of the view-averaged logits. A
+folder stands for the video files below it. Class names come from the dataset metadata in
+`config.input.data_dir` (class indices if it is absent).
+
+Output on stdout, one line per video: `PATH: name1 0.912, name2 0.041, ...`, or with --json one
+object per line: {"video", "step", "topk": [{"index", "class", "prob"}, ...]}. A file that
+cannot be decoded gets one line on stderr and the others still run. Exit status: 0 if at least
+one video was classified, 1 if none was (every file failed), 2 on bad arguments.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from ml_collections.config_flags import config_flags
+import numpy as np
+from absl import logging
+
+from data_pipelines import pipeline
+from data_pipelines import records
+from fstfl_jax import checkpointing
+from fstfl_jax import evaluate
+from fstfl_jax import metrics as metrics_lib
+from fstfl_jax import sharding
+from fstfl_jax import video_io
+from fstfl_jax.models import build_model
+
+ERROR_STATUS_ALL_FAILED = 1
+PROGRESS_EVERY_S = 10.0  # Seconds between progress lines on stderr.
+
+
+def load_config(workdir: str, config_spec: str | None = None) -> ml_collections.ConfigDict:
+  """`--config` (`path[:variants]`, as main.py takes it), else `<workdir>/config.json`."""
+  if config_spec:
+    return config_flags.ConfigFileFlagParser(name="config").parse(config_spec)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: missing; pass --config configs/<dataset>.py (the config "
+                            "the run was trained with).")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The dataset's class names, or "class <i>" when its metadata is not on this machine."""
+  k = config.model.num_classes
+  try:
+    names = records.read_info(config.input.data_dir).class_names
+    problem = f"it names {len(names)} classes"
+  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types; fall back)
+    names, problem = [], " ".join(f"{type(e).__name__}: {e}".split())
+  if len(names) != k:
+    print(f"predict: warning: no names for the model's {k} classes in data dir "
+          f"{config.input.data_dir!r} ({problem}); printing class indices.", file=sys.stderr)
+    return [f"class {i}" for i in range(k)]
+  return names
+
+
+def default_views(config: ml_collections.ConfigDict) -> tuple[int, int, int | None]:
+  """(clips, crops, views_per_step) of the protocol validated during training."""
+  name = evaluate.training_protocol(config)
+  clips, crops = evaluate.protocol_views(config, name)
+  return clips, crops, config.evals[name].get("views_per_step")
+
+
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoint: str,
+                      mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], int]:
+  """({'params', 'batch_stats'} replicated on `mesh`, step) of the latest or best checkpoint."""
+  # Orbax warns on every read-only restore; those lines would bury the per-file output.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    step = evaluate.checkpoint_step(config, workdir, checkpoint)
+    state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
+  finally:
+    logging.set_verbosity(verbosity)
+  return dict(params=state["params"], batch_stats=state["batch_stats"]), step
+
+
+class Predictor:
+  """Batched view-averaged logits of video files, computed by the eval step.
+
+  Args:
+    config: the training config.
+    variables: restored {'params', 'batch_stats'} (replicated on `mesh`).
+    mesh: the `('data',)` mesh; batches are padded to a multiple of its size.
+    clips, crops: test views per video.
+    batch_size: videos per model call (rounded up to a multiple of the mesh size).
+    views_per_step: views per model call inside a video batch (None: all).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: Mapping[str, Any],
+               mesh: jax.sharding.Mesh, *, clips: int, crops: int, batch_size: int,
+               views_per_step: int | None = None):
+    self.config, self.variables, self.mesh = config, variables, mesh
+    self.clips, self.crops = clips, crops
+    self.batch_size = -(-max(1, batch_size) // mesh.size) * mesh.size
+    self.settings = video_io.decode_settings(config.input.data_dir)
+    self.step_fn = evaluate.make_eval_step(build_model(config.model), pipeline.normalize,
+                                           config.model.num_classes, views_per_step, True)
+
+  def load(self, path: str) -> np.ndarray:
+    """uint8 [V, T, S, S, 3]; raises `video_io.VideoError`."""
+    return video_io.load_views(path, self.config.input, clips=self.clips, crops=self.crops,
+                               settings=self.settings)
+
+  def logits(self, videos: Sequence[np.ndarray]) -> np.ndarray:
+    """[N, V, T, S, S, 3] uint8 videos (N <= batch_size) -> float32 [N, K]."""
+    n = len(videos)
+    # Always a full batch: one compiled shape, padding rows masked out of the (unused) metrics.
+    video = np.zeros((self.batch_size,) + videos[0].shape, np.uint8)
+    video[:n] = np.stack(videos)
+    batch = dict(video=video, label=np.zeros(self.batch_size, np.int32),
+                 mask=np.arange(self.batch_size) < n)
+    with jax.set_mesh(self.mesh):
+      out = self.step_fn(self.variables, sharding.to_global(batch, self.mesh))
+    return np.asarray(jax.device_get(out["logits"]))[:n]
+
+  def run(self, paths: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(path, logits [K] or None, error message or None) per path, in order.
+
+    Files of a batch are decoded in threads (PyAV, simplejpeg and cv2 release the GIL).
+    """
+    progress = metrics_lib.Progress(len(paths), unit="videos")
+    shown, reported = time.monotonic(), False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+      for start in range(0, len(paths), self.batch_size):
+        chunk = paths[start:start + self.batch_size]
+        loaded = list(pool.map(self._try_load, chunk))
+        good = [(path, views) for path, (views, _) in zip(chunk, loaded) if views is not None]
+        logits = iter(self.logits([v for _, v in good]) if good else [])
+        for path, (views, error) in zip(chunk, loaded):
+          yield path, (next(logits) if views is not None else None), error
+        done = start + len(chunk)
+        status = progress.update(done)
+        # Only long runs report, every PROGRESS_EVERY_S seconds and once at the end.
+        if time.monotonic() - shown > PROGRESS_EVERY_S or (done == len(paths) and reported):
+          print(f"predict: {status}", file=sys.stderr)
+          shown, reported = time.monotonic(), True
+
+  def _try_load(self, path: str) -> tuple[np.ndarray | None, str | None]:
+    try:
+      return self.load(path), None
+    except video_io.VideoError as e:
+      return None, " ".join(str(e).split())  # One line, whatever FFmpeg said.
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[dict[str, Any]]:
+  """The k most probable classes of one video [K], ties in class order."""
+  probs = softmax(logits.astype(np.float64))
+  order = np.argsort(-logits, kind="stable")[:k]
+  return [dict(index=int(i), **{"class": names[i]}, prob=float(probs[i])) for i in order]
+
+
+def format_line(path: str, top: Sequence[Mapping[str, Any]]) -> str:
+  return f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+    prog="python -m fstfl_jax.predict", description=__doc__.split("\n\n")[0],
+    epilog="Exit status: 0 if any video was classified, 1 if all failed, 2 on bad arguments.")
+  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
+  parser.add_argument("--video", nargs="+", required=True, metavar="PATH",
+                      help="Video files, frame folders, or folders of videos.")
+  parser.add_argument("--config", default=None,
+                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
+  parser.add_argument("--topk", type=int, default=5)
+  parser.add_argument("--json", action="store_true", help="One JSON object per line.")
+  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="Videos per model call; default the number of devices.")
+  parser.add_argument("--clips", type=int, default=None, help="Default: config.train_eval's.")
+  parser.add_argument("--crops", type=int, choices=(1, 3, 10), default=None,
+                      help="Default: config.train_eval's.")
+  args = parser.parse_args(argv)
+  if args.topk < 1 or (args.clips is not None and args.clips < 1):
+    parser.error("--topk and --clips must be positive.")
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  config = load_config(args.workdir, args.config)
+  clips, crops, views_per_step = default_views(config)
+  if args.clips or args.crops:
+    clips, crops, views_per_step = args.clips or clips, args.crops or crops, None
+  mesh = sharding.make_mesh()
+  variables, step = restore_variables(config, args.workdir, args.checkpoint, mesh)
+  names = class_names(config)
+  predictor = Predictor(config, variables, mesh, clips=clips, crops=crops,
+                        batch_size=args.batch_size or mesh.size, views_per_step=views_per_step)
+  paths = video_io.expand_paths(args.video)
+  classified = 0
+  for path, logits, error in predictor.run(paths):
+    if logits is None:
+      print(f"predict: error: {error}", file=sys.stderr)
+      continue
+    classified += 1
+    top = top_k(logits, names, min(args.topk, len(names)))
+    if args.json:
+      print(json.dumps(dict(video=path, step=step, topk=top)))
+    else:
+      print(format_line(path, top))
+    sys.stdout.flush()
+  if not paths:
+    print(f"predict: error: no video files in {args.video}", file=sys.stderr)
+  return 0 if classified else ERROR_STATUS_ALL_FAILED
+
+
+if __name__ == "__main__":
+  sys.exit(main())
