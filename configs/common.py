@@ -16,7 +16,7 @@ DATASETS = {
   "sthv2": dict(num_classes=174, train_size=168_913, val_size=24_777, flip="flip_swap_labels"),
   "k400": dict(num_classes=400, train_size=240_436, val_size=19_787, flip="flip"),
   "ucf101": dict(num_classes=101, train_size=9_537, val_size=3_783, flip="flip"),
-  "demo": dict(num_classes=12, train_size=480, val_size=96, flip="none"),
+  "demo": dict(num_classes=12, train_size=1800, val_size=192, flip="none"),
 }
 
 MODELS = ("tsn", "gsf", "fstfl")

@@ -1,11 +1,11 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
-  python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 40 --val-videos-per-class 8
+  python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 150 --val-videos-per-class 16
       --size 64 --frames 16 --seed 0 --workers 2]
 
-Every clip shows a static random-texture background, one random-texture square (the actor) and two
-small random-texture distractors drifting in random directions, plus mild noise. Textures are
-normalised to the same mean and contrast, start positions, angles and sizes are uniform random,
+Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
+(the actor) and two small random-texture distractors drifting in random directions, plus mild
+noise. Textures are normalised to the same mean and contrast in every class, start positions, angles and sizes are uniform random,
 and motion wraps around the frame edges (a torus), so the position of the actor in any single
 frame is uniform for every class: one frame carries no class information, only motion does.
 The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
@@ -16,7 +16,7 @@ The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
 Videos are written as h264 `.mp4` to `<out>/raw/<split>/<class>/` and then ingested with the
 `folder` layout of `data_pipelines.build` into `<out>/` (so the demo exercises the real decoder
-and shard writer). Defaults: 480 train + 96 validation clips of 16 frames at 64x64.
+and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64.
 """
 
 import argparse
@@ -38,6 +38,7 @@ SPLITS = ("train", "validation")
 FPS = 12
 _SPEED, _FAST, _SPIN, _GROW = 1.5, 3.5, math.radians(12), 1.06
 _MEAN, _STD = 128.0, 40.0  # Shared texture statistics of actor, distractors and background.
+_BACKGROUND_CONTRAST = 0.4
 
 
 def _texture(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -88,7 +89,9 @@ def _paste(frame: np.ndarray, tex: np.ndarray, cx: float, cy: float, angle: floa
 def render_clip(cls: str, rng: np.random.Generator, size: int = 64,
                 frames: int = 16) -> np.ndarray:
   """One clip of class `cls` as [T, size, size, 3] uint8 RGB."""
-  background = _texture(rng, size, cells=8)
+  # A lower-contrast background, the same for every class, so the actor can be found at all;
+  # the class is still only in how it moves.
+  background = _MEAN + _BACKGROUND_CONTRAST * (_texture(rng, size, cells=8) - _MEAN)
   actor_px = max(4, round(size * 0.3))
   actor = _texture(rng, actor_px, cells=4)
   distractor_px = max(2, round(size * 0.12))
@@ -130,7 +133,7 @@ def _write_one(job: tuple[str, str, int, int, int, int, int]) -> None:
   write_mp4(path, render_clip(cls, rng, size, frames))
 
 
-def make_demo(out: str, videos_per_class: int = 40, val_videos_per_class: int = 8,
+def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int = 16,
               size: int = 64, frames: int = 16, seed: int = 0,
               workers: int | None = None) -> build_lib.BuildResult:
   """Writes the raw videos (skipping existing ones) and builds the shards into `out`."""
@@ -157,8 +160,8 @@ def make_demo(out: str, videos_per_class: int = 40, val_videos_per_class: int = 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True)
-  parser.add_argument("--videos-per-class", type=int, default=40, help="Train clips per class.")
-  parser.add_argument("--val-videos-per-class", type=int, default=8)
+  parser.add_argument("--videos-per-class", type=int, default=150, help="Train clips per class.")
+  parser.add_argument("--val-videos-per-class", type=int, default=16)
   parser.add_argument("--size", type=int, default=64, help="Frame height and width (even).")
   parser.add_argument("--frames", type=int, default=16)
   parser.add_argument("--seed", type=int, default=0)
