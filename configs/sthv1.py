@@ -3,7 +3,7 @@
   # Build the shards once (frame folders + the official CSVs):
   python -m data_pipelines.build --dataset sthv1 --src /path/to/sthv1 --out data/sthv1
   # FSTFL-Net 8 frames (Table 3: 51.01 / 79.56 top-1/5 1x1 in the paper):
-  python -m fstfl_jax.main --config configs/sthv1.py:model=fstfl,frames=8 --workdir wd/sthv1_fstfl8 \
+  python -m fstfl_jax.main --config configs/sthv1.py:model=fstfl,frames=8 --workdir wd/sthv1 \
       --config.init_imagenet=resnet50_imagenet.msgpack
   # Baselines and ablations: model=gsf|tsn, frames=16|32, stc=res2|res4|res5|res2-3|res2-4|res2-5
 """

@@ -1,13 +1,14 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
-  python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 150 --val-videos-per-class 16
-      --size 64 --frames 16 --seed 0 --workers 2]
+  python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 150
+      --val-videos-per-class 16 --size 64 --frames 16 --seed 0 --workers 2]
 
 Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
 (the actor) and two small random-texture distractors drifting in random directions, plus mild
-noise. Textures are normalised to the same mean and contrast in every class, start positions, angles and sizes are uniform random,
-and motion wraps around the frame edges (a torus), so the position of the actor in any single
-frame is uniform for every class: one frame carries no class information, only motion does.
+noise. Textures are normalised to the same mean and contrast in every class, start positions,
+angles and sizes are uniform random, and motion wraps around the frame edges (a torus), so the
+position of the actor in any single frame is uniform for every class: one frame carries no class
+information, only motion does.
 The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
   move left / right / up / down (1.5 px/frame), move right fast (3.5 px/frame),
