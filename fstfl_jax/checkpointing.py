@@ -79,7 +79,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
 
 
 def _resolve_dir(path: str) -> str:
-  """A workdir or its `checkpoints/` directory -> the latter."""
+  """A workdir or its `checkpoints/` directory -> the latter, as an absolute path (Orbax)."""
+  path = os.path.abspath(path)
   nested = os.path.join(path, "checkpoints")
   return nested if os.path.isdir(nested) else path
 
