@@ -71,11 +71,12 @@ class SyntheticData:
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)))
 
 
-def tiny_config() -> ml_collections.ConfigDict:
+def tiny_config(model: str = "gsf") -> ml_collections.ConfigDict:
+  """A tiny model and training setup; also used by test_train_step and test_multiprocess."""
   config = ml_collections.ConfigDict()
-  # GSF (temporal ops, BN) without the STC: resume semantics do not depend on it, and the
-  # 8-device test (test_train_step.py) covers the full fstfl step.
-  config.model = common.model_config("gsf", num_classes=5, num_frames=4)
+  # GSF (temporal ops, BN) without the STC by default: resume semantics do not depend on it, and
+  # the 8-device test (test_train_step.py) covers the full fstfl step.
+  config.model = common.model_config(model, num_classes=5, num_frames=4)
   config.model.update(width=8, stage_sizes=(1, 1, 1, 1))
   config.input = common.input_config("demo", num_frames=4)
   config.input.update(crop_size=32, batch_size=8)

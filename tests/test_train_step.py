@@ -7,19 +7,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common, recipe
 from data_pipelines import pipeline
 from fstfl_jax import sharding as sharding_lib
 from fstfl_jax import train
 
+import test_checkpointing  # noqa: E402  (tests/ is on sys.path)
+
 
 def tiny_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = common.model_config("fstfl", num_classes=5, num_frames=4)
-  config.model.update(width=8, stage_sizes=(1, 1, 1, 1))
-  config.input = common.input_config("demo", num_frames=4)
-  config.input.update(crop_size=32, batch_size=8)
-  recipe.add_training(config, "demo")
+  config = test_checkpointing.tiny_config("fstfl")
   config.train.num_train_examples = 64
   return config
 
