@@ -16,6 +16,7 @@ import os
 import time
 
 from absl import flags
+from absl import logging
 
 from configs import demo
 from fstfl_jax import evaluate
@@ -44,6 +45,7 @@ def main() -> None:
   parser.add_argument("--json", default="")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
+  logging.set_verbosity(logging.INFO)  # The train loop's progress lines (rate, ETA).
 
   rows = [run(m, os.path.abspath(os.path.join(args.workdir, m)), args.epochs, args.data_dir)
           for m in args.models.split(",")]
