@@ -84,8 +84,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   initialize_distributed()
-  # Orbax wants absolute paths; a relative --workdir is relative to the current directory.
-  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  config, workdir = _CONFIG.value, _WORKDIR.value
   logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_index() == 0:
