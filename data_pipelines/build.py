@@ -34,6 +34,7 @@ import tqdm
 from data_pipelines import ingest
 from data_pipelines import records
 from data_pipelines import video_decode
+from fstfl_jax import storage
 
 TOOL_VERSION = "data_pipelines.build 1.0"
 PLAN_FILE = ".build_plan.json"
@@ -220,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num-shards", type=int, default=None, help="Shards per split.")
   parser.add_argument("--name", default=None, help="Dataset name in the TFDS metadata.")
   args = parser.parse_args(argv)
+  for flag, value in (("--src", args.src), ("--out", args.out)):
+    if storage.is_remote(value):
+      parser.error(f"{flag} {value}: the build reads videos and writes shards on local disk; "
+                   "build locally, then copy the data dir to a bucket with fstfl-copy-data.")
   try:
     result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
                    args.workers, args.num_shards, args.name)

@@ -54,6 +54,8 @@ from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
 from tensorflow_datasets.proto import tf_example_pb2
 
+from fstfl_jax import storage
+
 FILE_FORMAT = "array_record"
 SHARD_TEMPLATE = "{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 SETTINGS_FILE = "build_settings.json"
@@ -270,17 +272,35 @@ def count_records(path: str) -> int:
 _SHARD_RE = re.compile(r"^(?P<split>.+)\.array_record-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
 
 
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+  """'train.array_record-00001-of-00004' -> ('train', 1, 4); other names -> None."""
+  m = _SHARD_RE.match(name)
+  return (m["split"], int(m["shard"]), int(m["num"])) if m else None
+
+
+def require_local(data_dir: str) -> None:
+  """ArrayRecord reads local files only: a `gs://` data dir is one error that names the fix."""
+  if storage.is_remote(data_dir):
+    raise storage.StorageError(
+      f"input.data_dir={data_dir}: the shards must be on local disk (ArrayRecord cannot read "
+      f"{storage.scheme(data_dir)}://). Copy them to every host with `fstfl-copy-data "
+      f"{data_dir} /local/dir` (or mount the bucket with gcsfuse) and pass "
+      "--config.input.data_dir=/local/dir.")
+
+
 def shard_paths(data_dir: str, split: str) -> list[str]:
   """The complete, ordered shard list of a split.
 
   Raises:
+    StorageError: `data_dir` is not on a local file system.
     ValueError: no shards, or a shard of `-of-N` missing / two different N present.
   """
+  require_local(data_dir)
   found = {}
   for name in os.listdir(data_dir):
-    m = _SHARD_RE.match(name)
-    if m and m["split"] == split:
-      found.setdefault(int(m["num"]), set()).add(int(m["shard"]))
+    shard = parse_shard_name(name)
+    if shard and shard[0] == split:
+      found.setdefault(shard[2], set()).add(shard[1])
   if not found:
     raise ValueError(f"{data_dir}: no shards for split {split!r} (expected files named "
                      f"{shard_name(split, 0, 1)!r}-style).")
@@ -341,12 +361,16 @@ class DatasetMeta:
 
 def read_info(data_dir: str) -> DatasetMeta:
   """Class names and split sizes from the TFDS metadata, plus the build settings."""
-  info = tfds.builder_from_directory(data_dir).info
-  settings_path = os.path.join(data_dir, SETTINGS_FILE)
-  if not os.path.exists(settings_path):
-    raise ValueError(f"{settings_path}: missing; was {data_dir} built by data_pipelines.build?")
-  with open(settings_path) as f:
-    settings = json.load(f)
+  if not storage.path(data_dir).is_dir():
+    raise storage.StorageError(f"data dir {data_dir}: no such directory; build it with "
+                               f"`fstfl-build --dataset ... --out {data_dir}` or point "
+                               "--config.input.data_dir at a built one.")
+  settings_path = storage.path(data_dir) / SETTINGS_FILE
+  if not settings_path.exists():
+    raise storage.StorageError(f"{settings_path}: missing; is {data_dir} a data dir built by "
+                               "data_pipelines.build (fstfl-build)?")
+  info = tfds.builder_from_directory(os.fspath(storage.path(data_dir))).info
+  settings = storage.read_json(settings_path)
   return DatasetMeta(
     data_dir=data_dir, class_names=list(info.features["label"].names),
     split_sizes={name: split.num_examples for name, split in info.splits.items()},

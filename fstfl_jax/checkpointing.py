@@ -9,7 +9,6 @@ is spelled as a preservation policy because `max_to_keep` combined with `best_fn
 best steps only and deletes the latest one, silently rewinding a resumed run.
 """
 
-import os
 import signal
 import threading
 from typing import Any
@@ -17,27 +16,34 @@ from typing import Any
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fstfl_jax import cli
 from fstfl_jax import sharding as sharding_lib
+from fstfl_jax import storage
 
 STATE, DATA = "state", "data"
+
+
+class CheckpointNotFoundError(cli.UserError, FileNotFoundError):
+  """No checkpoint (or not the asked-for step) where one was expected."""
 BEST_METRIC = "top1"
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`, local (absolute) or `gs://` (handed to Orbax unchanged)."""
+  return storage.path(workdir) / "checkpoints"
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
   return metrics[BEST_METRIC]
 
 
-def make_manager(directory: str, ckpt_cfg: ml_collections.ConfigDict | None = None,
+def make_manager(directory: str | epath.Path, ckpt_cfg: ml_collections.ConfigDict | None = None,
                  *, read_only: bool = False) -> ocp.CheckpointManager:
   """A manager over `directory` (see `checkpoint_dir`); `ckpt_cfg` from configs/recipe.py."""
   keep = [policies.LatestN(n=ckpt_cfg.keep_latest if ckpt_cfg else 1)]
@@ -78,11 +84,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
   return restored[STATE]
 
 
-def _resolve_dir(path: str) -> str:
-  """A workdir or its `checkpoints/` directory -> the latter, as an absolute path (Orbax)."""
-  path = os.path.abspath(path)
-  nested = os.path.join(path, "checkpoints")
-  return nested if os.path.isdir(nested) else path
+def _resolve_dir(workdir: str) -> epath.Path:
+  """A workdir or its `checkpoints/` directory -> the latter (local or `gs://`)."""
+  path = storage.path(workdir)
+  nested = path / "checkpoints"
+  if nested.is_dir():
+    return nested
+  if path.is_dir():
+    return path
+  raise CheckpointNotFoundError(f"{workdir}: no such workdir (expected a training workdir with "
+                          "checkpoints/, or the checkpoints/ directory itself).")
 
 
 def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.sharding.Mesh,
@@ -103,9 +114,10 @@ def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.shard
   manager = make_manager(directory, read_only=True)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"No checkpoint found in {directory}.")
+    raise CheckpointNotFoundError(f"{directory}: no checkpoint found (train first, or check the "
+                            "--workdir path).")
   if step not in manager.all_steps():
-    raise FileNotFoundError(f"Step {step} not in {directory}; saved: {manager.all_steps()}.")
+    raise CheckpointNotFoundError(f"Step {step} not in {directory}; saved: {manager.all_steps()}.")
   if abstract_state is None:
     abstract_state = manager.item_metadata(step)[STATE]
   target = with_sharding(abstract_state, sharding_lib.replicated(mesh))
@@ -116,16 +128,20 @@ def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.shard
 
 
 class PreemptionWatcher:
-  """Sets a flag on SIGTERM so the loop can save and exit between steps.
+  """Tells the loop, at every step, that a pre-emption notice (SIGTERM) asks it to save and stop.
 
-  Processes can receive the signal at different steps; `should_stop` agrees across processes
-  (a collective, so call it at the same steps everywhere, e.g. at log steps).
+  One process: a SIGTERM handler sets a flag. Several processes (`jax.distributed`): JAX's
+  pre-emption sync manager owns SIGTERM; when any process gets the notice, every process learns
+  the same safe step from `reached_preemption_sync_point`, so all save the same step and exit
+  together. Call `should_stop(step)` after every step, on every process.
   """
 
   def __init__(self):
     self.requested = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._multi_process = jax.distributed.is_initialized()
+    # With jax.distributed up, our handler would replace the sync manager's own.
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
   def _on_signal(self, signum, frame):
@@ -133,11 +149,10 @@ class PreemptionWatcher:
     logging.warning("Received signal %d: will save a checkpoint and stop.", signum)
     self.requested = True
 
-  def should_stop(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags))
+  def should_stop(self, step: int) -> bool:
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def close(self) -> None:
     if self._previous is not None:

@@ -34,6 +34,7 @@ from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
+from fstfl_jax import storage
 from fstfl_jax.models import build_model
 
 Batch = Mapping[str, np.ndarray]
@@ -261,7 +262,7 @@ def save_confusion_png(confusion: np.ndarray, path: str, *, title: str = "",
   ax.set_ylabel("true class")
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100, metadata={"Title": title, "num_classes": str(k)})
+  storage.save_figure(fig, path, dpi=100, metadata={"Title": title, "num_classes": str(k)})
   plt.close(fig)
 
 
@@ -270,23 +271,20 @@ def write_results(workdir: str, name: str, step: int, result: Mapping[str, Any],
                   class_names: Sequence[str] | None = None) -> str:
   """Writes the JSON summary, the confusion PNG and any predictions (process 0 only).
 
-  Returns the path of the JSON summary.
+  `workdir` may be local or `gs://`. Returns the path of the JSON summary.
   """
-  stem = os.path.join(workdir, f"eval_{name}_step{step}")
+  stem = os.fspath(storage.path(workdir) / f"eval_{name}_step{step}")
   if jax.process_index() != 0:
     return stem + ".json"
-  os.makedirs(workdir, exist_ok=True)
   summary = {k: v for k, v in result.items() if k not in ("confusion", "predictions")}
   summary = dict(name=name, step=step, protocol=dict(protocol or {}), **summary,
                  confusion=np.asarray(result["confusion"]).tolist())
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1)
+  storage.write_json(stem + ".json", summary, indent=1)
   save_confusion_png(result["confusion"], stem + "_confusion.png", class_names=class_names,
                      title=f"{name} step {step}: top-1 {100 * result['top1']:.2f}%")
   if "predictions" in result:
-    with open(stem + "_predictions.jsonl", "w", encoding="utf-8") as f:
-      for row in result["predictions"]:
-        f.write(json.dumps(row) + "\n")
+    storage.write_text(stem + "_predictions.jsonl",
+                       "".join(json.dumps(row) + "\n" for row in result["predictions"]))
   return stem + ".json"
 
 
@@ -365,8 +363,9 @@ def checkpoint_step(config: ml_collections.ConfigDict, workdir: str, which: str)
   best = manager.best_step()
   manager.close()
   if best is None:
-    raise FileNotFoundError(f"No checkpoint with validation metrics in {workdir}: "
-                            "cannot pick the best one; use checkpoint='latest'.")
+    raise checkpointing.CheckpointNotFoundError(
+      f"No checkpoint with validation metrics in {workdir}: cannot pick the best one; use "
+      "checkpoint='latest'.")
   return best
 
 

@@ -7,6 +7,8 @@ a last, partial eval batch never counts (big_vision evaluators do the same). Hos
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from fstfl_jax import storage
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
@@ -112,39 +116,86 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends one JSON object per `write` to a `.jsonl` file, on process 0 only.
+  """A `.jsonl` log, one JSON object per `write`, on process 0 only; local or `gs://`.
 
   Every process may call it (so callers need no `if process_index == 0`); the others do nothing.
-  Each line is flushed at once so a pre-empted run keeps everything logged so far.
+  Each write rewrites the whole file (Cloud Storage objects cannot be appended to; locally the
+  file is replaced atomically), so a pre-empted run keeps everything logged so far and a crash
+  never leaves a torn line.
+
+  Args:
+    path: the log file; existing lines are kept.
+    process_index: defaults to `jax.process_index()`.
+    keep_until_step: on resume, drop existing lines of later steps (they are about to be redone).
   """
 
-  def __init__(self, path: str | os.PathLike, *, process_index: int | None = None):
-    self.path = os.fspath(path)
+  def __init__(self, path: str | os.PathLike, *, process_index: int | None = None,
+               keep_until_step: int | None = None):
+    self.path = storage.path(path)
     index = jax.process_index() if process_index is None else process_index
     self.active = index == 0
-    self._file = None
-    if self.active:
-      os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-      self._file = open(self.path, "a", encoding="utf-8")
+    self._lines: list[str] = []
+    if self.active and self.path.exists():
+      for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+          continue
+        try:
+          step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+          raise storage.StorageError(f"{self.path} line {n}: not a metrics record "
+                                     "({\"step\": ...}); move the file away to start a new log."
+                                     ) from None
+        if keep_until_step is None or step <= keep_until_step:
+          self._lines.append(line + "\n")
+      if keep_until_step is not None:
+        storage.write_text(self.path, "".join(self._lines))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes `{"step": step, **metrics}`; arrays and numpy scalars become JSON values."""
-    if self._file is None:
+    if not self.active:
       return
     record = {"step": int(step), **_jsonable(dict(metrics))}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    self._lines.append(json.dumps(record) + "\n")
+    storage.write_text(self.path, "".join(self._lines))
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    self.active = False
 
   def __enter__(self) -> "MetricWriter":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class TensorBoardWriter:
+  """Scalar TensorBoard events in `logdir`, local or `gs://`.
+
+  tensorboardX appends to its event files, which Cloud Storage cannot do (its own GCS writer
+  fails), so for a `gs://` logdir the events go to a local temporary directory and every
+  `write` uploads the files that changed, as whole objects.
+  """
+
+  def __init__(self, logdir: str | os.PathLike):
+    import tensorboardX  # pylint: disable=g-import-not-at-top  (only process 0 writes events)
+    self._remote = storage.path(logdir) if storage.is_remote(logdir) else None
+    self._local = (tempfile.mkdtemp(prefix="fstfl_tensorboard_") if self._remote
+                   else os.fspath(storage.path(logdir)))
+    self._writer = tensorboardX.SummaryWriter(self._local)
+    self._uploaded: dict[str, int] = {}
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    for k, v in values.items():
+      self._writer.add_scalar(k, v, step)
+    self._writer.flush()
+    if self._remote is not None:
+      storage.mirror_dir(self._local, self._remote, self._uploaded)
+
+  def close(self) -> None:
+    self._writer.close()
+    if self._remote is not None:
+      storage.mirror_dir(self._local, self._remote, self._uploaded)
+      shutil.rmtree(self._local, ignore_errors=True)
 
 
 def format_duration(seconds: float) -> str:

@@ -7,10 +7,11 @@ that was ingested into the data dir therefore yields bit-identical views, and so
 prediction, as its record in the eval pipeline.
 """
 
+import contextlib
 import dataclasses
-import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -21,6 +22,7 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from data_pipelines import transforms
 from data_pipelines import video_decode
+from fstfl_jax import storage
 
 # What `data_pipelines.build` uses when a data dir carries no build settings.
 DEFAULT_SHORT_SIDE, DEFAULT_QUALITY = 256, 90
@@ -40,11 +42,10 @@ class DecodeSettings:
 
 def decode_settings(data_dir: str) -> DecodeSettings:
   """The data dir's build settings, or the builder's defaults when it has none."""
-  path = os.path.join(data_dir, records.SETTINGS_FILE)
-  if not os.path.exists(path):
+  path = storage.path(data_dir) / records.SETTINGS_FILE
+  if not path.exists():
     return DecodeSettings()
-  with open(path, encoding="utf-8") as f:
-    settings = json.load(f)
+  settings = storage.read_json(path)
   return DecodeSettings(int(settings.get("short_side", DEFAULT_SHORT_SIDE)),
                         int(settings.get("jpeg_quality", DEFAULT_QUALITY)))
 
@@ -61,6 +62,12 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   """
   out = []
   for path in paths:
+    if storage.is_remote(path):
+      root = storage.path(path)
+      out.extend(sorted(os.fspath(p) for p in root.rglob("*")
+                        if p.name.lower().endswith(ingest.VIDEO_EXTENSIONS))
+                 if root.is_dir() else [path])
+      continue
     if not os.path.isdir(path) or _is_frame_folder(path):
       out.append(path)
       continue
@@ -96,6 +103,23 @@ class _OneVideo:
                                  lambda frame: f"{self.path}: frame {frame}")
 
 
+@contextlib.contextmanager
+def _local_copy(path: str) -> Iterator[str]:
+  """A local file for the decoder: `path` itself, or a temporary download of a `gs://` file."""
+  if not storage.is_remote(path):
+    yield path
+    return
+  try:
+    data = storage.path(path).read_bytes()
+  except OSError as e:
+    raise VideoError(f"{path}: cannot read ({type(e).__name__}: {e}).") from None
+  suffix = os.path.splitext(path)[1]
+  with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+    f.write(data)
+    f.flush()
+    yield f.name
+
+
 def load_views(path: str, input_cfg: ml_collections.ConfigDict, *, clips: int, crops: int,
                settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
   """Decodes `path` (a video file or a frame folder) into its test views.
@@ -114,9 +138,10 @@ def load_views(path: str, input_cfg: ml_collections.ConfigDict, *, clips: int, c
   Raises:
     VideoError: naming `path`, when it cannot be decoded or has no frames.
   """
-  task = video_decode.Task(path, label=0, video_id=path, short_side=settings.short_side,
-                           quality=settings.quality)
-  record, reason = video_decode.make_record(task)
+  with _local_copy(path) as local:
+    task = video_decode.Task(local, label=0, video_id=path, short_side=settings.short_side,
+                             quality=settings.quality)
+    record, reason = video_decode.make_record(task)
   if record is None:
     raise VideoError(f"{path}: cannot decode ({reason}).")
   clip = pipeline.EvalClip(input_cfg, _OneVideo(path, record), clips=clips, crops=crops,

@@ -40,6 +40,8 @@ from flax import core
 from flax import serialization
 from flax import traverse_util
 
+from fstfl_jax import storage
+
 _EXPANSION = 4
 _MAX_LISTED = 12  # Problems listed in one error message; the rest are counted.
 _SUFFIXES = (".pth", ".pt", ".safetensors", ".npz")
@@ -206,18 +208,14 @@ def convert_file(path: str | os.PathLike[str], **kwargs: Any) -> Variables:
 
 
 def save_converted(variables: Variables, path: str | os.PathLike[str]) -> None:
-  """Writes {'params', 'batch_stats'} as flax msgpack; via a temp file so no partial outputs."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(serialization.msgpack_serialize(
+  """Writes {'params', 'batch_stats'} as flax msgpack (local or gs://), never a partial file."""
+  storage.write_bytes(path, serialization.msgpack_serialize(
     {"params": variables["params"], "batch_stats": variables["batch_stats"]}))
-  tmp.replace(path)
 
 
 def load_converted(path: str | os.PathLike[str]) -> Variables:
   """Reads a file written by `save_converted` -> {'params': ..., 'batch_stats': ...} of numpy."""
-  restored = serialization.msgpack_restore(pathlib.Path(path).read_bytes())
+  restored = serialization.msgpack_restore(storage.path(path).read_bytes())
   if not isinstance(restored, dict) or set(restored) != {"params", "batch_stats"}:
     found = sorted(restored) if isinstance(restored, dict) else type(restored).__name__
     raise ConversionError(

@@ -1,0 +1,109 @@
+r"""Copy a built data dir between a bucket and local disk (either direction), resumably.
+
+  python -m data_pipelines.copy_data gs://bucket/data/sthv1 /mnt/disks/data/sthv1 \
+      [--splits train,validation]
+  fstfl-copy-data data/sthv1 gs://bucket/data/sthv1          # after a local build
+
+ArrayRecord reads local files only, so on a TPU slice or GPU cluster every host copies the
+shards it trains on to its own disk (run it on all hosts, e.g. `--worker=all`), and the
+workdir stays on the bucket. Copies the metadata (TFDS JSON files, `build_settings.json`,
+`failures.jsonl`, class names) and the shards of the chosen splits. A file already at the
+destination with the same size is skipped, and each file is written whole (a temporary file
+renamed into place locally, one upload on a bucket), so an interrupted copy is resumed by
+running the same command again.
+"""
+
+import argparse
+import concurrent.futures
+import os
+from collections.abc import Sequence
+
+import tqdm
+
+from data_pipelines import records
+from fstfl_jax import cli
+from fstfl_jax import storage
+
+_CHUNK = 64 << 20  # Bytes per read: bounds memory for multi-GB shards.
+
+
+def _copy_file(src: str, dst: str) -> int:
+  """Copies one file (streamed for local destinations); returns bytes copied (0 if skipped)."""
+  source, target = storage.path(src), storage.path(dst)
+  size = source.stat().length
+  if target.exists() and target.stat().length == size:
+    return 0
+  if storage.is_remote(target):
+    storage.write_bytes(target, source.read_bytes())
+    return size
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = os.fspath(target) + ".partial"
+  with source.open("rb") as fin, open(tmp, "wb") as fout:
+    while chunk := fin.read(_CHUNK):
+      fout.write(chunk)
+  os.replace(tmp, os.fspath(target))
+  return size
+
+
+def plan(src: str, splits: Sequence[str] | None) -> list[str]:
+  """Names of the files to copy: top-level metadata plus the shards of `splits` (None: all)."""
+  info = records.read_info(src)  # Also checks that `src` is a built data dir.
+  wanted = list(info.split_sizes) if splits is None else list(splits)
+  unknown = sorted(set(wanted) - set(info.split_sizes))
+  if unknown:
+    raise cli.UserError(f"{src}: no split(s) {unknown}; it has {sorted(info.split_sizes)}.")
+  names = []
+  for child in storage.path(src).iterdir():
+    shard = records.parse_shard_name(child.name)
+    if shard is None:
+      if not child.is_dir():
+        names.append(child.name)
+    elif shard[0] in wanted:
+      names.append(child.name)
+  present = {shard[0] for shard in map(records.parse_shard_name, names) if shard}
+  missing = sorted(set(wanted) - present)
+  if missing:
+    raise cli.UserError(f"{src}: no shards for split(s) {missing}; rerun the build.")
+  return sorted(names)
+
+
+def copy_data_dir(src: str, dst: str, splits: Sequence[str] | None = None,
+                  threads: int = 8) -> tuple[int, int]:
+  """Copies a data dir; returns (files copied, bytes copied). Skips files already complete."""
+  names = plan(src, splits)
+  shards = [n for n in names if records.parse_shard_name(n) is not None]
+  meta = [n for n in names if records.parse_shard_name(n) is None]
+  copied = total = 0
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
+      tqdm.tqdm(total=len(names), unit="file", desc="copy", disable=None) as bar:
+    for batch in (shards, meta):  # Metadata last: readable metadata means complete shards.
+      futures = [pool.submit(_copy_file, os.fspath(storage.path(src) / n),
+                             os.fspath(storage.path(dst) / n)) for n in batch]
+      for future in concurrent.futures.as_completed(futures):
+        size = future.result()
+        copied += size > 0
+        total += size
+        bar.update(1)
+  return copied, total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="fstfl-copy-data", description=__doc__.split("\n\n")[0])
+  parser.add_argument("src", help="Data dir to copy (local path or gs://).")
+  parser.add_argument("dst", help="Destination (local path or gs://).")
+  parser.add_argument("--splits", default=None, help="Comma-separated splits (default: all).")
+  parser.add_argument("--threads", type=int, default=8, help="Files copied in parallel.")
+  args = parser.parse_args(argv)
+  splits = args.splits.split(",") if args.splits else None
+  files, size = copy_data_dir(args.src, args.dst, splits, args.threads)
+  print(f"{args.dst}: copied {files} file(s), {size / 2**20:.1f} MiB; the rest was already there.")
+  return 0
+
+
+def run() -> None:
+  """Console script `fstfl-copy-data`."""
+  cli.run_main(main)
+
+
+if __name__ == "__main__":
+  run()

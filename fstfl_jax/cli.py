@@ -1,0 +1,125 @@
+"""What every command-line entry point shares: config lookup, quiet logs, one-line errors.
+
+- `--config configs/<name>.py[:variants]` also works outside a repository checkout: when the
+  path does not exist relative to the working directory, the installed `configs` package is
+  searched (`pip install` ships it).
+- Third-party INFO logs (Orbax, TFDS, JAX, gcsfs, ...) are dropped unless `--verbosity=1`
+  (`-v 1`) or higher; this project's own INFO lines and everyone's warnings stay.
+- A mistake of the user's ends in one `FATAL:` line with the fix and exit status 1, not a
+  traceback (`UserError`, or `fatal`).
+"""
+
+import importlib.util
+import logging as py_logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from absl import flags
+from absl import logging
+
+_OWN_PACKAGES = ("fstfl_jax", "data_pipelines", "configs", "benchmarks")
+_OWN_DIRS = tuple(
+  os.path.dirname(os.path.abspath(spec.origin)) + os.sep
+  for spec in (importlib.util.find_spec(p) for p in _OWN_PACKAGES) if spec and spec.origin)
+FATAL_STATUS = 1
+
+
+class UserError(Exception):
+  """A problem the user can fix; the message says what was expected and how to fix it."""
+
+
+def fatal(message: str) -> NoReturn:
+  print(f"FATAL: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(FATAL_STATUS)
+
+
+def installed_config(spec: str) -> str:
+  """`configs/x.py[:variants]` -> the installed package's file when it is not in the cwd."""
+  file, sep, variants = spec.partition(":")
+  if os.path.exists(file) or os.path.dirname(os.path.normpath(file)) != "configs":
+    return spec
+  package = importlib.util.find_spec("configs")
+  if package is None or not package.submodule_search_locations:
+    return spec
+  candidate = os.path.join(list(package.submodule_search_locations)[0], os.path.basename(file))
+  return candidate + sep + variants if os.path.exists(candidate) else spec
+
+
+def resolve_config_args(argv: Sequence[str], name: str = "config") -> list[str]:
+  """argv with `--config X` / `--config=X` pointed at the installed configs where needed."""
+  out, take_next = [], False
+  for arg in argv:
+    if take_next:
+      arg, take_next = installed_config(arg), False
+    elif arg == f"--{name}":
+      take_next = True
+    elif arg.startswith(f"--{name}="):
+      arg = f"--{name}=" + installed_config(arg.partition("=")[2])
+    out.append(arg)
+  return out
+
+
+class _QuietThirdParty(py_logging.Filter):
+  """Drops INFO and DEBUG records logged from outside this project's packages."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or record.pathname.startswith(_OWN_DIRS)
+
+
+_FILTER = _QuietThirdParty()
+
+
+def quiet_third_party_logs() -> None:
+  """Installs the filter on absl's handler unless --verbosity >= 1 asked for everything."""
+  handler = logging.get_absl_handler()
+  if logging.get_verbosity() >= 1:
+    handler.removeFilter(_FILTER)
+    return
+  handler.addFilter(_FILTER)
+  # Libraries that log through their own handlers rather than the root's.
+  for name in ("jax", "orbax", "tensorflow_datasets", "gcsfs", "google", "grain",
+               "matplotlib", "urllib3", "absl.flags"):
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with configs found when installed, and one-line errors for bad flags."""
+  argv = resolve_config_args(argv)
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # A --config.<key> override the config lacks.
+    key = str(e).strip("\"'")
+    culprit = [a for a in argv if a.startswith("--config.") and key in a.partition("=")[0]]
+    fatal(f"unknown config key {key!r} in {culprit or argv[1:]}: the config is locked, so "
+          "--config.<path>=value can only override keys the config file defines.")
+  except (flags.Error, ValueError) as e:
+    message = str(e).strip()
+    if "Traceback (most recent call last)" in message:  # The config file itself raised.
+      message = f"--config: {message.splitlines()[-1]}"
+    fatal(f"{message} (see --helpfull for the flags)")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` with this module's flag parsing, quiet logs and FATAL lines."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  def wrapped(argv: list[str]) -> None:
+    quiet_third_party_logs()
+    try:
+      main(argv)
+    except UserError as e:
+      fatal(str(e))
+
+  app.run(wrapped, flags_parser=parse_flags)
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+  """Runs an argparse-style `main() -> exit status` with quiet logs and FATAL lines."""
+  quiet_third_party_logs()
+  try:
+    status = main()
+  except UserError as e:
+    fatal(str(e))
+  sys.exit(status)
