@@ -29,8 +29,8 @@ stays dark.
 
 import argparse
 import dataclasses
+import io
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,8 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import pipeline
+from fstfl_jax import cli
 from fstfl_jax import predict
 from fstfl_jax import sharding
+from fstfl_jax import storage
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 
@@ -179,7 +181,7 @@ def save_figure(frames: np.ndarray, cam: np.ndarray, path: str, title: str,
     axes[row, 0].set_ylabel(("Raw", "Grad-CAM")[row], fontsize=9)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100, metadata=dict(metadata or {}))
+  storage.save_figure(fig, path, dpi=100, metadata=dict(metadata or {}))
   plt.close(fig)
 
 
@@ -192,7 +194,10 @@ def save_gif(frames: np.ndarray, cam: np.ndarray, path: str, *, fps: float = 4.0
   scale = max(1, -(-min_side // blended.shape[1]))
   images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
                                       Image.Resampling.BILINEAR) for f in blended]
-  images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+  buf = io.BytesIO()
+  images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                 duration=int(1000 / fps), loop=0)
+  storage.write_bytes(path, buf.getvalue())
 
 
 def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
@@ -228,15 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = predict.load_config(args.workdir, args.config)
   names = predict.class_names(config)
   class_index = resolve_class(args.class_, names)
-  views = video_io.load_views(args.video, config.input, clips=1, crops=1,
-                              settings=video_io.decode_settings(config.input.data_dir))
+  try:
+    views = video_io.load_views(args.video, config.input, clips=1, crops=1,
+                                settings=video_io.decode_settings(config.input.data_dir))
+  except video_io.VideoError as e:
+    raise cli.UserError(str(e)) from None
   mesh = sharding.make_mesh(1)  # One clip: a single device does it.
   variables, step = predict.restore_variables(config, args.workdir, args.checkpoint, mesh)
   result = compute(build_model(config.model), variables, views, args.layer, class_index)
   name = names[result.class_index]
   title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "
            f"{config.model.name} step {step}\n{os.path.basename(args.video)}")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   save_figure(views[0], result.cam, args.out, title,
               metadata={"class": name, "layer": args.layer, "step": str(step)})
   print(f"{args.out}: Grad-CAM of {name!r} (p={result.probs[result.class_index]:.3f}) at "
@@ -247,5 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def run() -> None:
+  """Console script `fstfl-gradcam`."""
+  cli.run_main(main)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

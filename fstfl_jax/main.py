@@ -11,13 +11,16 @@ auto-detection when SLURM or a multi-host TPU slice is found.
 
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
+
+from data_pipelines import records
+from fstfl_jax import cli
+from fstfl_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/sthv1.py:frames=8.", lock_config=True)
@@ -57,47 +60,42 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def _write_config(config, workdir: str) -> None:
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Saves the config as JSON (process 0); warns when a resumed run's config changed."""
-  path = os.path.join(workdir, "config.json")
+  path = storage.path(workdir) / "config.json"
   text = config.to_json_best_effort(indent=1, sort_keys=True)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      if json.load(f) != json.loads(text):
-        logging.warning("Config differs from the one in %s; the new one replaces it.", path)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  if path.exists() and storage.read_json(path) != json.loads(text):
+    logging.warning("Config differs from the one in %s; the new one replaces it.", path)
+  storage.write_text(path, text)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a one-line error for an override of a key the config lacks."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    culprit = [a for a in argv if a.startswith("--config.") and key in a.partition("=")[0]]
-    sys.exit(f"FATAL: unknown config key {key!r} in {culprit or argv[1:]}: the config is locked, "
-             "so --config.<path>=value can only override keys the config file defines.")
+def preflight(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
+  """The common mistakes, caught before anything slow starts (each a `cli.UserError`)."""
+  wd = storage.check_workdir(workdir)
+  records.require_local(config.input.data_dir)
+  records.read_info(config.input.data_dir)  # Exists and was built by data_pipelines.build.
+  if mode == "eval" and not (wd / "checkpoints").is_dir():
+    raise cli.UserError(f"--mode eval: no checkpoints in --workdir {workdir}; train first "
+                        "(--mode train) or point --workdir at a training run.")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments {argv[1:]}: everything is a --flag.")
   initialize_distributed()
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  preflight(config, workdir, mode)
+  if mode != "eval" and jax.process_index() == 0:  # --mode eval writes only its results.
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     _write_config(config, workdir)
 
   # Imported after flags are parsed and jax.distributed is up.
   from fstfl_jax import evaluate
   from fstfl_jax import train
 
-  if _MODE.value in ("train", "train_and_eval"):
-    train.train_and_evaluate(config, workdir, with_eval=_MODE.value == "train_and_eval")
-  if _MODE.value in ("eval", "train_and_eval"):
+  if mode in ("train", "train_and_eval"):
+    train.train_and_evaluate(config, workdir, with_eval=mode == "train_and_eval")
+  if mode in ("eval", "train_and_eval"):
     # The saved checkpoint, restored as --mode eval would, under every protocol asked for.
     results = evaluate.evaluate(config, workdir, protocol=_EVAL_PROTOCOL.value,
                                 checkpoint=_EVAL_CHECKPOINT.value,
@@ -109,5 +107,10 @@ def main(argv):
               flush=True)
 
 
+def run() -> None:
+  """Console script `fstfl-train`."""
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

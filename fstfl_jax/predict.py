@@ -36,9 +36,11 @@ from absl import logging
 from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
+from fstfl_jax import cli
 from fstfl_jax import evaluate
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
+from fstfl_jax import storage
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 
@@ -49,13 +51,13 @@ PROGRESS_EVERY_S = 10.0  # Seconds between progress lines on stderr.
 def load_config(workdir: str, config_spec: str | None = None) -> ml_collections.ConfigDict:
   """`--config` (`path[:variants]`, as main.py takes it), else `<workdir>/config.json`."""
   if config_spec:
-    return config_flags.ConfigFileFlagParser(name="config").parse(config_spec)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: missing; pass --config configs/<dataset>.py (the config "
-                            "the run was trained with).")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_flags.ConfigFileFlagParser(name="config").parse(
+      cli.installed_config(config_spec))
+  path = storage.path(workdir) / "config.json"
+  if not path.exists():
+    raise storage.StorageError(f"{path}: missing; pass --config configs/<dataset>.py (the "
+                               "config the run was trained with).")
+  return ml_collections.ConfigDict(storage.read_json(path))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -230,5 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0 if classified else ERROR_STATUS_ALL_FAILED
 
 
+def run() -> None:
+  """Console script `fstfl-predict`."""
+  cli.run_main(main)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -79,8 +79,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                time.perf_counter() - start)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console script `fstfl-convert-weights`."""
   try:
     main()
   except (convert.ConversionError, ImportError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  run()

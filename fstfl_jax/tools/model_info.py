@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from fstfl_jax import cli
 from fstfl_jax import flops
 from fstfl_jax.models import build_model
 
@@ -132,10 +133,15 @@ def main(argv: list[str]) -> None:
   print(json.dumps(info, indent=2) if flags.FLAGS.json else format_table(info))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console script `fstfl-model-info` (flags defined here: other modules import this one)."""
   config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variants`.",
                                   lock_config=True)
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
   flags.DEFINE_integer("size", None, "Input height and width (default: input.crop_size or 224).")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
