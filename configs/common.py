@@ -123,8 +123,9 @@ def input_config(dataset: str, num_frames: int) -> ml_collections.ConfigDict:
     batch_size=32,           # Global, in clips.
     eval_batch_size=32,
     shuffle_seed=0,
-    num_workers=0,           # 0: threads in-process (fastest on 2 cores); >0: worker processes.
-    num_threads=4,           # Reader threads per process (simplejpeg and cv2 release the GIL).
+    # Host parallelism, -1 = from the host's cores (data_pipelines.pipeline.host_parallelism):
+    num_workers=-1,          # 0: threads in-process (best up to 8 cores); >0: worker processes.
+    num_threads=-1,          # Reader threads per process / worker (JPEG decode releases the GIL).
     prefetch=2,              # Batches buffered ahead, per process (and per worker).
     test_clips=1,
     test_crops=1,            # 1 (centre) | 3 (along the long side) | 10 (5 crops + mirrors).

@@ -15,6 +15,7 @@ Batches are host numpy arrays of this process's clips (B = global batch / proces
          mask bool [B], index int32 [B] (record index in the split, -1 on padding)
 """
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,15 +140,37 @@ def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:
   return transforms.flip_label_map(len(names), pairs)
 
 
+def host_parallelism(cfg: ml_collections.ConfigDict,
+                     cores: int | None = None) -> tuple[int, int]:
+  """(reader threads, worker processes) for this host; -1 in the config means "from the cores".
+
+  Up to 8 cores, threads in-process win (JPEG decode and resizing release the GIL; measured on
+  2 cores, see the README's pipeline benchmark). Above that the Python part of each clip
+  becomes the limit, so one worker process per 8 cores (at most 32), each with enough
+  threads to keep its cores busy. A resumed run must use the same worker count as the run
+  that wrote the checkpoint (the iterator state depends on it): set both explicitly when
+  resuming on another machine type.
+  """
+  cores = cores or len(os.sched_getaffinity(0))
+  workers = cfg.num_workers
+  if workers < 0:
+    workers = 0 if cores <= 8 else min(32, cores // 8)
+  threads = cfg.num_threads
+  if threads < 0:
+    threads = min(16, max(2, cores // max(1, workers)))
+  return threads, workers
+
+
 def _prefetch(ds: grain.MapDataset, cfg: ml_collections.ConfigDict,
               batch_size: int, drop_remainder: bool) -> grain.IterDataset:
   """Element-level reader threads, then batching; optionally whole batches from processes."""
-  read = grain.ReadOptions(num_threads=cfg.num_threads,
+  threads, workers = host_parallelism(cfg)
+  read = grain.ReadOptions(num_threads=threads,
                            prefetch_buffer_size=max(1, cfg.prefetch) * batch_size)
   ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=drop_remainder)
-  if cfg.num_workers > 0:
+  if workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=cfg.num_workers, per_worker_buffer_size=max(1, cfg.prefetch)))
+      num_workers=workers, per_worker_buffer_size=max(1, cfg.prefetch)))
   return ds
 
 

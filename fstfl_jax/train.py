@@ -6,9 +6,7 @@ checkpoint, eval). Metrics stay on device until a log, eval or checkpoint step, 
 never waits for a step it does not need.
 """
 
-import json
 import math
-import os
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -23,6 +21,7 @@ from fstfl_jax import checkpointing
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import optim
 from fstfl_jax import sharding as sharding_lib
+from fstfl_jax import storage
 from fstfl_jax import train_state as ts
 from fstfl_jax.models import build_model
 
@@ -130,38 +129,25 @@ def load_pretrained(config: ml_collections.ConfigDict, state: ts.TrainState,
 
 
 class _Logs:
-  """JSONL (metrics.MetricWriter) + TensorBoard, process 0 only, plus the progress line."""
+  """metrics.jsonl + TensorBoard events (process 0 only, local or `gs://`) + the progress line."""
 
   def __init__(self, workdir: str, total: int, resumed_step: int):
-    path = os.path.join(workdir, METRICS_FILE)
-    if jax.process_index() == 0 and os.path.exists(path):
-      _truncate_after(path, resumed_step)
-    self.jsonl = metrics_lib.MetricWriter(path)
-    self.tb = None
-    if jax.process_index() == 0:
-      import tensorboardX  # Imported here: only process 0 writes events.
-      self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    workdir = storage.path(workdir)
+    self.jsonl = metrics_lib.MetricWriter(workdir / METRICS_FILE, keep_until_step=resumed_step)
+    self.tb = (metrics_lib.TensorBoardWriter(workdir / "tensorboard")
+               if jax.process_index() == 0 else None)
     self.progress = metrics_lib.Progress(total)  # Its clock starts at the first log step.
 
   def write(self, step: int, values: dict[str, float], prefix: str) -> None:
-    self.jsonl.write(step, {f"{prefix}/{k}": v for k, v in values.items()})
+    values = {f"{prefix}/{k}": v for k, v in values.items()}
+    self.jsonl.write(step, values)
     if self.tb is not None:
-      for k, v in values.items():
-        self.tb.add_scalar(f"{prefix}/{k}", v, step)
-      self.tb.flush()
+      self.tb.write(step, values)
 
   def close(self) -> None:
     self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
-
-
-def _truncate_after(path: str, step: int) -> None:
-  """Drops log lines of steps after the restored checkpoint: they are about to be redone."""
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(lines)
 
 
 def _summarise(pending: list[tuple[int, Metrics]]) -> dict[str, float]:
@@ -175,6 +161,27 @@ def _summarise(pending: list[tuple[int, Metrics]]) -> dict[str, float]:
   out = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
   out["lr"] = float(fetched[-1]["lr"])
   return out
+
+
+def run_summary(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                abstract_state: ts.TrainState, start_step: int) -> str:
+  """The one-screen summary a run starts with: devices, model size, batch and schedule."""
+  params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+  batch = config.input.batch_size
+  lines = [
+    f"model {config.model.name}, {config.model.num_frames} frames at {config.input.crop_size}px, "
+    f"{config.model.num_classes} classes, {params:,} params, {config.model.dtype}",
+    f"{jax.process_count()} process(es), {jax.local_device_count()} local / "
+    f"{mesh.size} global {jax.devices()[0].platform} devices",
+    f"batch {batch} clips global, {batch // jax.process_count()} per process, "
+    f"{batch // mesh.size} per device",
+    f"data {config.input.data_dir}: {config.train.num_train_examples} train clips per epoch, "
+    f"{steps_per_epoch(config)} steps per epoch, {total_steps(config)} steps in total"
+    + (f", resuming at step {start_step}" if start_step else ""),
+    f"lr {optim.scaled_base_lr(config.optim, batch):.4g} after "
+    f"{config.optim.warmup_epochs} warm-up epochs, {config.optim.num_epochs} epochs",
+  ]
+  return "run summary\n  " + "\n  ".join(lines)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -226,6 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state = load_pretrained(config, state, tx, mesh)
     step = int(jax.device_get(state.step))
 
+    logging.info("%s", run_summary(config, mesh, abstract, step))
+
     # ---------------------------------------------------------------------------- Loop.
     log_every = max(1, config.train.log_every_steps)
     eval_every = config.train.eval_every_epochs * spe if with_eval else 0
@@ -238,8 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       while step < num_steps:
         batch = sharding_lib.to_global(next(train_iter), mesh)
         if compiled_step is None:
+          logging.info("Compiling the train step (once per run; minutes for a full ResNet-50).")
+          started = time.monotonic()
           compiled_step = sharding_lib.compile_in_lockstep(train_step, state, batch,
                                                            name=f"train_step_compiled_{step}")
+          logging.info("Compiled in %.0f s.", time.monotonic() - started)
         state, step_metrics = compiled_step(state, batch)
         step += 1
         pending.append((step, step_metrics))
@@ -249,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           last and with_eval and config.train.eval_at_end)
         every = config.checkpoint.every_steps
         do_ckpt = do_eval or last or (every > 0 and step % every == 0)
-        if not (do_ckpt or step % log_every == 0):
+        stop = watcher.should_stop(step)  # Every step: a pre-emption notice gives little time.
+        if not (do_ckpt or stop or step % log_every == 0):
           continue
         values = _summarise(pending)
         now = time.monotonic()
@@ -261,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logging.info("train step %s | loss %.4f acc %.3f lr %.3g | %.1f clips/s",
                      logs.progress.update(step), values["loss"], values["accuracy"], values["lr"],
                      values["clips_per_sec"])
-        stop = watcher.should_stop()
 
         eval_metrics = None
         if do_eval:
