@@ -38,7 +38,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed batches per setting.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2", "4"], "num_threads values to time.")
 _WORKERS = flags.DEFINE_list("workers", ["0"], "num_workers values (0: threads only).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
-# Grain's index_shuffle costs ~30 ms / N per element (0.6 ms at N = 48, 30 us at N = 1024):
+# Grain's index shuffle has a roughly fixed cost per epoch, spread over the dataset's N elements:
 # tiny datasets would mostly measure the shuffle.
 _SYN_VIDEOS = flags.DEFINE_integer("synthetic_videos", 1024, "Synthetic dataset size.")
 _SYN_FRAMES = flags.DEFINE_integer("synthetic_frames", 40, "Frames per synthetic video.")

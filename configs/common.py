@@ -1,7 +1,7 @@
 """Shared config pieces: dataset facts, variant parsing, the model/input/optim sections.
 
-Every dataset config (`configs/<dataset>.py`) calls `video_config(...)` with its own facts and
-then applies command-line variants, big_vision style:
+Every dataset config (`configs/<dataset>.py`) calls `base.make_config(dataset, arg)`, which builds
+its sections from the functions here and applies command-line variants, big_vision style:
 
   configs/sthv1.py:model=fstfl,frames=16,stc=res2-3
 """
@@ -60,7 +60,7 @@ def parse_stages(spec: str) -> tuple[str, ...]:
 
 
 def stc_config() -> ml_collections.ConfigDict:
-  """The STC defaults of `specs/stc.md` §0/§2.6 (budget-consistent reconstruction)."""
+  """The STC defaults, a reconstruction inside the paper's cost budget (docs/stc.md)."""
   return ml_collections.ConfigDict(dict(
     stages=("res3",),        # Where an STC follows the stage's last block (paper Table 6).
     max_disp=6,              # D: the window is (2D+1)^2 displacements.

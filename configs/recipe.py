@@ -1,16 +1,15 @@
 """The training recipe shared by every dataset config: optimiser, schedule, loop, checkpoints.
 
-Defaults follow the GSF reference (`specs/gsf.md` §4) with the FSTFL paper's weight decay:
-SGD momentum 0.9, lr 0.01 per 32 clips (scaled linearly with the global batch), 10 warm-up
-epochs then cosine to 60 epochs, global grad-norm clipping at 20. A dataset config does
+Defaults follow the GSF reference (docs/gsf.md#reference-recipe) with the FSTFL paper's weight
+decay: SGD momentum 0.9, lr 0.01 per 32 clips (scaled linearly with the global batch), 10 warm-up
+epochs then cosine to 60 epochs, global grad-norm clipping at 20 (docs/training.md#recipe).
+`base.make_config` calls `recipe.add_training(config, dataset)`, which does
 
   config.optim = recipe.optim_config(num_epochs=...)
   config.train = recipe.train_config(common.DATASETS[dataset]["train_size"])
   config.checkpoint = recipe.checkpoint_config()
   config.init_from = ""
   config.init_imagenet = ""
-
-or simply `recipe.add_training(config, dataset)`.
 """
 
 import ml_collections
@@ -29,14 +28,14 @@ def optim_config(num_epochs: int = 60, warmup_epochs: int = 10) -> ml_collection
     base_batch=32,
     momentum=0.9,
     nesterov=False,
-    # The FSTFL paper states 1e-4; the GSF code runs with 5e-4 (gsf.md §4.2).
+    # The FSTFL paper states 1e-4; the GSF code runs with 5e-4 (docs/gsf.md#reference-recipe).
     weight_decay=1e-4,
     # True = the reference: every parameter (BN scale/shift, biases included) is decayed.
     wd_on_bn_and_bias=True,
     num_epochs=num_epochs,
     warmup_epochs=warmup_epochs,
     warmup_start_factor=0.1,   # lr(e) = base * (0.1 + 0.9 * e / warmup) during warm-up.
-    final_lr_factor=1e-7,      # Cosine floor as a fraction of base (gsf.md §4.3).
+    final_lr_factor=1e-7,      # Cosine floor as a fraction of base (docs/training.md#recipe).
     # False: the per-epoch formula evaluated at fractional epochs (equal at epoch boundaries);
     # True: constant within an epoch, exactly as the reference steps it.
     stepped_per_epoch=False,

@@ -2,7 +2,7 @@
 
 Each parser reads only annotation files and directory listings (no decoding) and returns a
 `Layout`. Output splits are "train" and "validation" for the official datasets; the `folder` layout
-keeps its own split folder names. Label conventions follow specs/gsf.md §5:
+keeps its own split folder names. Label conventions (docs/data.md#source-layouts):
 
   sthv1   frame folders `<id>/%05d.jpg` (under `20bn-something-something-v1/` or `--src` itself),
           `something-something-v1-{labels,train,validation}.csv`; `<id>;<template>` lines;

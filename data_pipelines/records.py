@@ -21,8 +21,7 @@ Layout of a data dir (TFDS naming, so `tfds.builder_from_directory(d).as_data_so
   build_settings.json                  how the shards were made (also in the TFDS description)
 
 Why `tfds.folder_dataset.write_metadata` and not a `GeneratorBasedBuilder` with `manual_dir`:
-both write at the same speed (400 records of 16 x 10 kB frames: ~300 records/s each, 2 shared
-cores; video decoding, at 10-100 videos/s, dominates a build either way), so speed does not decide.
+writing speed does not decide (video decoding dominates a build either way).
 The builder, however, passes every example through its key-hash shuffler (spilled to disk for large
 splits) and decides itself which record lands in which shard, so a killed build restarts from zero.
 Writing the shards ourselves keeps generation order (`source[i]` is the i-th written record) and
@@ -32,10 +31,9 @@ Shards are written to `.partial/<name>` and renamed into place when complete, so
 shard pattern is always a finished shard; reruns skip them. Records go to shards in contiguous,
 deterministic blocks (`shard_ranges`), which is what makes resuming correct.
 
-Reading speed (`open_split(...)[i]` in shuffled order, 16 frames of 10 kB per record, one process
-on a shared 2-core machine, noisy): ~8k records/s including validation, versus ~4.3k records/s for
-`tfds.builder_from_directory(d).as_data_source(split)` on the same files (it goes through TFDS's
-generic numpy example parser).
+Our reader (`open_split(...)[i]`, validation included) reads the same files faster than
+`tfds.builder_from_directory(d).as_data_source(split)`, which goes through TFDS's generic numpy
+example parser. Design notes: docs/data.md.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,7 +58,8 @@ FILE_FORMAT = "array_record"
 SHARD_TEMPLATE = "{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 SETTINGS_FILE = "build_settings.json"
 PARTIAL_DIR = ".partial"
-# Random access needs one record per chunk: group_size:64 reads ~60x slower (specs/jax-stack.md).
+# Random access needs one record per chunk: larger groups make every random read decompress a
+# whole chunk (docs/data.md#shard-files).
 WRITER_OPTIONS = "group_size:1"
 
 # key -> (tf.train.Example list kind, Python type of the decoded value). `frames` is a list.

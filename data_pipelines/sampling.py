@@ -1,6 +1,6 @@
 """Frame index sampling for video clips (0-based indices, pure numpy).
 
-Sparse (TSN segment) sampling follows GSF's dataset code (specs/gsf.md §4.7-4.8) with its
+Sparse (TSN segment) sampling follows GSF's dataset code (docs/data.md#frame-sampling) with its
 1-based file numbering removed. Dense sampling takes `T` frames `stride` apart from one window.
 
 Every function returns int64 indices into the `n` stored frames of one video:

@@ -1,8 +1,8 @@
 """Per-clip image transforms: JPEG decode, TSN multi-scale crop, flips, test views, normalize.
 
-Geometry follows GSF/TSN (specs/gsf.md §4.6, §4.8). Crops are `(y, x, h, w)` boxes in pixels of
-the frame they are taken from; one box is shared by all frames of a clip. Frames are uint8 RGB
-`[H, W, 3]`; clips are `[T, S, S, 3]` with S = crop_size.
+Geometry follows GSF/TSN (docs/data.md#train-augmentation, docs/data.md#test-views). Crops are
+`(y, x, h, w)` boxes in pixels of the frame they are taken from; one box is shared by all frames
+of a clip. Frames are uint8 RGB `[H, W, 3]`; clips are `[T, S, S, 3]` with S = crop_size.
 """
 
 import re
@@ -33,8 +33,9 @@ class JpegFrames(Sequence):
   """The frames `indices` of a video, decoded on access into one reused buffer.
 
   `frames[t]` is valid only until the next access. Consumers crop each frame before asking for
-  the next, so the decoded frame is still in cache when it is resized: this costs ~0.56 ms per
-  256x340 frame against ~0.74 ms when all frames are decoded first (one core, measured).
+  the next, so the decoded frame is still in cache when it is resized, which is cheaper than
+  decoding all frames first (the pipeline's per-stage costs: README, Benchmarks, "Input
+  pipeline").
 
   Raises:
     ValueError: on a corrupt frame or one whose size differs from the first, prefixed by

@@ -8,7 +8,7 @@ clip_sampling ('uniform' | 'random', default input.test_clip_sampling) and views
 `config.train_eval`, or else the protocol with the fewest views.
 Each video is seen as V = clips * crops views; the model classifies every view on its own (views
 folded into the batch, eval mode) and the video score is the mean of the raw view logits
-(`specs/gsf.md` §4.8). The eval input pads its last batch and marks the padding with
+(docs/data.md#test-views). The eval input pads its last batch and marks the padding with
 `mask=False`, so every video counts exactly once.
 
 Outputs per protocol (process 0 writes): `<workdir>/eval_<name>_step<N>.json` (top-1, top-5,
@@ -42,8 +42,8 @@ Preprocess = Callable[[jax.Array], jax.Array]
 
 TOP_K = (1, 5)
 # Eval steps dispatched before the host blocks on the oldest one. On CPU, tens of collective
-# computations in flight without waiting can deadlock (specs/jax-stack.md); 2 keeps the device
-# busy while the host fetches the previous result.
+# computations in flight without waiting can deadlock; 2 keeps the device busy while the host
+# fetches the previous result (docs/training.md#evaluation-loop).
 MAX_IN_FLIGHT = 2
 # Above this many classes the confusion plot carries no tick labels (they would overlap).
 MAX_LABELLED_CLASSES = 30

@@ -19,7 +19,7 @@ def scaled_base_lr(optim_cfg: ml_collections.ConfigDict, global_batch: int) -> f
 
 
 def lr_at_epoch(optim_cfg: ml_collections.ConfigDict, base: float, epoch: jax.Array) -> jax.Array:
-  """The reference's per-epoch formula (gsf.md §4.3), valid at fractional epochs too.
+  """The reference's per-epoch formula (docs/training.md#recipe), valid at fractional epochs too.
 
   Warm-up, e < W: base * (s + (1 - s) * e / W) with s = warmup_start_factor.
   Cosine, e >= W: base * [f + (1 - f) * (1 + cos(pi * (e - W) / (E - W))) / 2], f = floor.

@@ -67,7 +67,7 @@ def test_res5_gradcam_is_cam_of_the_classifier(name):
   model = build_model(cfg)
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, (1, 2, 64, 64, 3), dtype=np.uint8)
-  # rbg keys: the initialisers compile ~3x faster than with threefry, the test's main cost.
+  # rbg keys: the initialisers compile much faster than with threefry, the test's main cost.
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 2, 64, 64, 3)), train=False))(
     jax.random.key(0, impl="unsafe_rbg"))
   # A classifier with O(1) weights, so the classes' maps differ clearly.

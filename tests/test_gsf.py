@@ -1,4 +1,4 @@
-"""GSF against an explicit NumPy rendering of `specs/gsf.md` §1 in PyTorch layout."""
+"""GSF against an explicit NumPy rendering of the reference (docs/gsf.md) in PyTorch layout."""
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ def _conv_same(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def gsf_reference(x_nchw: np.ndarray, t: int, c_g: int, p: dict, stats: dict) -> np.ndarray:
-  """GSF forward (eval-mode BN3d) written from the spec, tensors as the reference holds them."""
+  """GSF forward (eval-mode BN3d) written from docs/gsf.md, tensors as the reference holds them."""
   n, c, h, w = x_nchw.shape
   b = n // t
   half, q = c_g // 2, c_g // 4

@@ -1,6 +1,6 @@
 """MAC counter against closed forms; the model table against the reference PyTorch counts.
 
-Reference numbers (`specs/gsf.md` §3, `specs/stc.md` §2.2/§2.5) were measured on the official
+Reference numbers (docs/gsf.md#cost, docs/stc.md#cost-budget) were measured on the official
 GSF code with torch's FlopCounter (conv + linear, MACs = FLOPs / 2), 174 classes, 224x224.
 """
 
@@ -123,7 +123,7 @@ def test_correlation_closed_form():
   assert flops.correlation_frame_pairs(4, (-2, 0, 1)) == 2 + 4 + 3
   assert flops.correlation_frame_pairs(4, (-2, 0, 1), boundary="clamp") == 12
   assert flops.correlation_frame_pairs(4, (0, 5)) == 4
-  # stc.md §2.2: 26 valid pairs x 784 positions x 169 displacements x 512 channels.
+  # docs/stc.md#cost-budget: 26 valid pairs x 784 positions x 169 displacements x 512 channels.
   assert flops.correlation_macs((1, 8, 28, 28, 512), 6, (0, 1, 2, 3)) == 1_763_786_752
   assert flops.correlation_macs((2, 8, 28, 28, 512), 6, (0, 1, 2, 3)) == 2 * 1_763_786_752
 
@@ -184,7 +184,7 @@ def test_sixteen_frames_doubles_macs_not_params():
 
 
 def test_stc_per_placement_costs():
-  """stc.md §2.5 (Table 6 placements): every STC has its own params and cost."""
+  """docs/stc.md#cost-budget (Table 6 placements): every STC has its own params and cost."""
   modules = _info("fstfl", stages=("res2", "res3", "res4", "res5"))["modules"]
   assert [modules[f"stc_res{k}"]["params"] for k in (2, 3, 4, 5)] == [13_552, 18_160, 27_376,
                                                                       45_808]

@@ -13,7 +13,7 @@ from fstfl_jax.models import build_model
 from fstfl_jax.models import layers
 from fstfl_jax.models.stc import STC
 
-# Measured on the official GSF code (specs/gsf.md §3) and derived in specs/stc.md §2.2/§2.5.
+# Measured on the official GSF code (docs/gsf.md#cost) and derived in docs/stc.md#cost-budget.
 REFERENCE_PARAMS = {"tsn": 23_864_558, "gsf": 23_974_702, "fstfl": 23_992_862}
 STC_PARAMS = {"res2": 13_552, "res3": 18_160, "res4": 27_376, "res5": 45_808}
 
@@ -47,7 +47,7 @@ def test_table6_placements(spec):
 
 
 @pytest.mark.parametrize("overrides,expected", [
-  # D = ceil(28/2) = 14: two first MLP layers of 841 inputs (stc.md §2.3).
+  # D = ceil(28/2) = 14: two first MLP layers of 841 inputs (docs/stc.md#cost-budget).
   (dict(half_extent=True), 39_664),
   # res2 similarities through the same MLPs: C_F 32 -> 64 widens DW7 (+32*49 +64 BN) and PW1 (+512).
   (dict(source="both"), 18_160 + 32 * 49 + 64 + 32 * 16),

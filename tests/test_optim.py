@@ -15,7 +15,7 @@ STEPS_PER_EPOCH = 7
 
 
 def reference_lr(epoch: int, base: float = 0.01) -> float:
-  """GSF main.py's adjust_learning_rate, specs/gsf.md §4.3 (warm-up 10, cosine to 60)."""
+  """GSF main.py's adjust_learning_rate, docs/training.md#recipe (warm-up 10, cosine to 60)."""
   if epoch < 10:
     return base * (0.1 + 0.9 * epoch / 10)
   return base * (1e-7 + (1 - 1e-7) * (1 + math.cos(math.pi * (epoch - 10) / 50)) / 2)

@@ -1,9 +1,9 @@
 """ImageNet ResNet-50 weights in torchvision's layout -> this package's linen variables.
 
-The source is torchvision's `resnet50-19c8e357.pth` (GSF loads exactly this file, specs/gsf.md
-§2.4), or the same tensors stored as `.safetensors` or `.npz` under the same keys. Only the
-backbone is converted: the 1000-way `fc` is dropped and `num_batches_tracked` is ignored, so the
-new head, GSF and STC keep their fresh initialisation (`merge_pretrained`).
+The source is torchvision's `resnet50-19c8e357.pth` (GSF loads exactly this file,
+docs/gsf.md#backbone-and-head), or the same tensors stored as `.safetensors` or `.npz` under the
+same keys. Only the backbone is converted: the 1000-way `fc` is dropped and `num_batches_tracked`
+is ignored, so the new head, GSF and STC keep their fresh initialisation (`merge_pretrained`).
 
 Mapping (torch key -> flax collection/path, transform). `{p}` is a block prefix: torch
 `layer{i}.{j}.` becomes flax `layer{i}_{j}/`; the stem has no prefix.

@@ -1,4 +1,4 @@
-"""Cosine correlation volumes for the STC module (paper §3.1, eq. 2; `specs/stc.md` §3).
+"""Cosine correlation volumes for the STC module (paper §3.1, eq. 2; docs/correlation.md).
 
 For a clip of feature maps x [B, T, H, W, C] and a temporal offset l, the volume holds, for every
 query (t, i, j) and displacement (dy, dx) in [-D, D]^2, the cosine similarity between x[t, i, j]
@@ -6,7 +6,7 @@ and x[t + l, i + dy, j + dx]. Displacements are flattened row-major (dy outer, d
 k = (dy + D) * (2D + 1) + (dx + D); weight conversions must use the same order.
 
 Implementations (all give the same values; they differ in speed and memory, see
-`benchmarks/correlation.py`):
+docs/correlation.md#implementations and `benchmarks/correlation.py`):
   * "loop": one shifted slice and channel reduction per (offset, displacement). The test oracle.
   * "einsum": a `lax.scan` over displacements; each step is one einsum over channels batched over
     all offsets at once (the straightforward form; bandwidth-bound, slow at C=512).
@@ -29,12 +29,10 @@ IMPLS = ("loop", "einsum", "allpairs", "banded")
 BOUNDARIES = ("zero", "clamp", "circular")
 
 # impl="auto" per backend. GPU/TPU: all-pairs runs as dense matmuls on tensor cores / the MXU,
-# while the exact per-displacement work is bandwidth-bound (stc.md §3.4). CPU: all-pairs was also
-# the fastest at the res3 default (8 clips x 8 frames, 28x28, C=512, D=6, offsets 0..3) in
-# `benchmarks/correlation.py` (shared 2-core machine, noisy): fwd+bwd 8.6 s and 1.67 GiB temp
-# memory, against 15.0 s / 2.37 GiB for "banded" and 55 s / 2.36 GiB for "einsum". "banded" remains
-# the choice for large windows or maps (res2, D=ceil(X/2) at 56x56), where the D-padded all-pairs
-# volume gets too big.
+# while the exact per-displacement work is bandwidth-bound. CPU: all-pairs was also the fastest
+# and the smallest in memory at the res3 default (numbers: the README's Benchmarks section).
+# "banded" remains the choice for large windows or maps (res2, D=ceil(X/2) at 56x56), where the
+# D-padded all-pairs volume gets too big (docs/correlation.md#choosing-an-implementation).
 _AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "allpairs"}
 
 
@@ -218,11 +216,14 @@ def _pairs_loop(query: jax.Array, partner: jax.Array, *, max_disp: int) -> jax.A
 
 
 def _pairs_allpairs(query: jax.Array, partner: jax.Array, *, max_disp: int) -> jax.Array:
-  """All-pairs matmul then skew (stc.md §3.2 d): [B, T', H, W, C] x2 -> [B, T', H, W, K]."""
+  """All-pairs matmul then skew: [B, T', H, W, C] x2 -> [B, T', H, W, K].
+
+  See docs/correlation.md#allpairs.
+  """
   batch, frames, height, width, _ = query.shape
   pad = (max_disp, max_disp)
   # Unpadded matmul, then pad: padding the partner first costs (H+2D)(W+2D)/(HW) more MACs and
-  # memory (stc.md §3.3). Layout [B, T', W, V, H, U] puts (H, U) last for the first skew.
+  # memory. Layout [B, T', W, V, H, U] puts (H, U) last for the first skew.
   sim = jnp.einsum("bthwc,btuvc->btwvhu", query, partner, preferred_element_type=jnp.float32)
   sim = _skew(jnp.pad(sim, [(0, 0)] * 5 + [pad]), max_disp)  # [B, T', W, V, H, dy]
   sim = sim.transpose(0, 1, 4, 5, 2, 3)                        # [B, T', H, dy, W, V]
@@ -233,7 +234,10 @@ def _pairs_allpairs(query: jax.Array, partner: jax.Array, *, max_disp: int) -> j
 
 def _pairs_banded(query: jax.Array, partner: jax.Array, *, max_disp: int,
                   remat: bool) -> jax.Array:
-  """Banded matmul per row offset (stc.md §3.2 c): [B, T', H, W, C] x2 -> [B, T', H, W, K]."""
+  """Banded matmul per row offset: [B, T', H, W, C] x2 -> [B, T', H, W, K].
+
+  See docs/correlation.md#banded.
+  """
   batch, frames, height, width, _ = query.shape
   padded = _pad_space(partner, max_disp)
 
@@ -242,7 +246,8 @@ def _pairs_banded(query: jax.Array, partner: jax.Array, *, max_disp: int,
     band = jnp.einsum("bthwc,bthvc->bthwv", query, rows, preferred_element_type=jnp.float32)
     return carry, _skew(band, max_disp)                         # [B, T', H, W, dx]
 
-  # Without the checkpoint the backward would keep every step's partner rows (stc.md §3.2 a2).
+  # Without the checkpoint the backward would keep every step's partner rows
+  # (docs/correlation.md#rematerialisation).
   step = jax.checkpoint(row_offset) if remat else row_offset
   _, sim = lax.scan(step, None, jnp.arange(2 * max_disp + 1))  # [dy, B, T', H, W, dx]
   return jnp.moveaxis(sim, 0, 4).reshape(batch, frames, height, width, -1)
@@ -254,8 +259,8 @@ def _correlate_einsum(xn: jax.Array, *, max_disp: int, offsets: tuple[int, ...],
 
   Batching the offsets needs one partner stack [L, B, T, H, W, C] of equal shapes, so frames
   without a partner are compared with zero frames (boundary "zero") instead of being skipped.
-  The displacements run as a `lax.scan`: unrolled, XLA:CPU materialises every shifted window
-  (65 GiB forward at the res3 default), and vmapped, every backend does (stc.md §3.2 a3).
+  The displacements run as a `lax.scan`: unrolled, XLA:CPU materialises every shifted window,
+  and vmapped, every backend does (docs/correlation.md#rejected-designs).
   """
   _, frames, height, width, _ = xn.shape
   partners = jnp.stack([_pad_space(_take_frames(xn, _partner_index(frames, l, boundary)),
@@ -268,7 +273,8 @@ def _correlate_einsum(xn: jax.Array, *, max_disp: int, offsets: tuple[int, ...],
     return carry, jnp.einsum("bthwc,lbthwc->bthwl", xn, window,
                              preferred_element_type=jnp.float32)
 
-  # Without the checkpoint the backward would keep every step's window (stc.md §3.2 a2).
+  # Without the checkpoint the backward would keep every step's window
+  # (docs/correlation.md#rematerialisation).
   step = jax.checkpoint(displacement) if remat else displacement
   _, sim = lax.scan(step, None, jnp.arange(span * span))  # [K, B, T, H, W, L]
   return jnp.moveaxis(sim, 0, -1)

@@ -1,4 +1,4 @@
-"""Gate-Shift-Fuse (GSF) as the official GSF code computes it (`specs/gsf.md` §1).
+"""Gate-Shift-Fuse (GSF) as the official GSF code computes it (docs/gsf.md).
 
 Layout: the input is the folded batch `[N, H, W, C]` with `N = B*T`, frames of a clip
 consecutive. GSF sits between conv3 and bn3 of every bottleneck.
@@ -35,9 +35,10 @@ def gated_channels(channels: int, ratio_percent: float) -> int:
 
 
 def interleave_quarters(z: jax.Array) -> jax.Array:
-  """Channel permutation of the reference: out[2j+h] = in[h*q + j], q = C/2 (`gsf.md` §1.6).
+  """Channel permutation of the reference: out[2j+h] = in[h*q + j], q = C/2.
 
-  [..., C] -> [..., C]; the first and second halves of the channels are interleaved.
+  [..., C] -> [..., C]; the first and second halves of the channels are interleaved
+  (docs/gsf.md#re-interleave).
   """
   q = z.shape[-1] // 2
   z = z.reshape(z.shape[:-1] + (2, q))
@@ -69,9 +70,9 @@ class GateConv(nn.Module):
 
   The kernel keeps the reference's shape [3, 3, 3, C_g/2, 2] (group k's C_g/2 inputs -> output
   k), but each group runs as a 2D 3x3 conv over its three neighbouring frames stacked into
-  channels. Same result and MACs; XLA:CPU runs this ~2.5x faster than a grouped 3D conv with
-  two output channels (and ~30x faster than a grouped 2D conv), and on accelerators it is an
-  ordinary 2D conv. `[B, T, H, W, C_g] -> [B, T, H, W, 2]`.
+  channels. Same result and MACs; XLA:CPU runs a grouped 3D conv with two output channels
+  poorly, and on accelerators this is an ordinary 2D conv (docs/gsf.md#gate-convolution-layout;
+  cost in the README's Benchmarks section). `[B, T, H, W, C_g] -> [B, T, H, W, 2]`.
   """
   dtype: Any
 

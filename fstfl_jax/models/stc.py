@@ -1,4 +1,4 @@
-"""The spatio-temporal correlation (STC) module (paper §3; defaults and choices: `specs/stc.md`).
+"""The spatio-temporal correlation (STC) module (paper §3; defaults and choices: docs/stc.md).
 
     I [N, H, W, C] (N = B*T)
       -> S = cosine correlation with a (2D+1)^2 window at offsets l   [B, T, H, W, L, K]
@@ -8,7 +8,7 @@
       -> I + Z
 
 Defaults (D=6, offsets 0..3, MLPs 169->16->8, C_F=32, PW widths 16,16,16,C) cost 18,160
-params and 1.905 GMACs at res3 for 8 frames, inside the paper's budget (`stc.md` §2.2).
+params and 1.905 GMACs at res3 for 8 frames, inside the paper's budget (docs/stc.md#cost-budget).
 """
 
 import math
@@ -55,7 +55,7 @@ class STC(nn.Module):
 
   Attributes:
     stage: name of the host stage ("res3"), for per-stage overrides and errors.
-    cfg: the model config (`cfg.stc` holds the module's knobs, `specs/stc.md` §2.6).
+    cfg: the model config (`cfg.stc` holds the module's knobs, docs/stc.md#configuration).
   """
   stage: str
   cfg: Any
@@ -113,7 +113,8 @@ class STC(nn.Module):
     d = resolve_max_disp(scfg, self.stage, h, w)
     if scfg.zero_init_last_bn and scfg.final_relu:
       raise ValueError("stc.zero_init_last_bn=True needs stc.final_relu=False: with a ReLU after "
-                       "a zero-gamma BN the branch gets zero gradient forever (stc.md §2.8).")
+                       "a zero-gamma BN the branch gets zero gradient forever "
+                       "(docs/stc.md#zero-gamma-trap).")
 
     sources = []
     if scfg.source in ("self", "both"):
