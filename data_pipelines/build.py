@@ -6,10 +6,11 @@
 Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
 worker processes and written in annotation order, so shard contents are deterministic.
 
-Undecodable or missing videos are skipped and listed in `<out>/failures.jsonl`
-({split, video_id, source, reason} per line). The build is resumable: finished shards are kept
-(`records.ShardWriter` renames a shard into place only when complete), and `<out>/.build_plan.json`
-makes a rerun with different inputs or settings fail instead of mixing shards.
+Undecodable, incomplete (truncated: `integrity.py`) or missing videos are skipped and listed in
+`<out>/failures.jsonl` ({split, video_id, source, reason} per line). The build is resumable:
+finished shards are kept (`records.ShardWriter` renames a shard into place only when complete),
+and `<out>/.build_plan.json` makes a rerun with different inputs or settings fail instead of
+mixing shards.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import simplejpeg
 import tqdm
 
 from data_pipelines import ingest
+from data_pipelines import integrity
 from data_pipelines import records
 from data_pipelines import video_decode
 
@@ -49,6 +51,15 @@ class BuildResult:
   split_sizes: dict[str, int]
   failures: list[dict[str, str]]
   shards_written: int  # Shards written by this run (resumed ones excluded).
+
+  @property
+  def incomplete(self) -> int:
+    """Failures that decoded, but clearly short of the frames their container promises."""
+    return count_incomplete(self.failures)
+
+
+def count_incomplete(failures: list[dict[str, str]]) -> int:
+  return sum(f["reason"].startswith(integrity.IncompleteVideoError.__name__) for f in failures)
 
 
 @contextlib.contextmanager
@@ -198,7 +209,8 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
                   for split, entries in layout.splits.items())
   failures = _collect_failures(out, shards)
   sizes = records.write_metadata(out, layout.class_names, list(layout.splits),
-                                 dict(settings, skipped=len(failures)),
+                                 dict(settings, skipped=len(failures),
+                                      incomplete=count_incomplete(failures)),
                                  dataset_name=name or dataset)
   empty = [split for split, size in sizes.items() if size == 0]
   if empty:
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"error: {e}")
   print(f"{result.out}: {len(result.class_names)} classes, "
         + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
-        + f"; skipped {len(result.failures)} video(s)"
+        + f"; skipped {len(result.failures)} video(s) ({result.incomplete} incomplete)"
         + (f", listed in {os.path.join(result.out, FAILURES_FILE)}" if result.failures else "")
         + f"; wrote {result.shards_written} shard(s).")
 
