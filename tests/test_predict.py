@@ -23,6 +23,7 @@ from data_pipelines import build as build_lib
 from data_pipelines import make_demo
 from data_pipelines import pipeline
 from data_pipelines import records
+from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
 from fstfl_jax import predict
 from fstfl_jax import sharding
@@ -233,6 +234,25 @@ def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, caps
   err = capsys.readouterr().err
   assert status == 1 and f"gradcam: error: {cut[0]}: " in err and "of 30 frames" in err
   assert not (tmp_path / "cam.png").exists()
+
+
+def test_checkpoint_with_nonfinite_weights_is_refused(run, tmp_path, capsys):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state, step = checkpointing.restore_state_only(run["workdir"], None, sharding.make_mesh())
+  state = jax.tree.map(np.array, jax.device_get(state))
+  state["params"]["fc"]["kernel"][0, 0] = np.nan
+  workdir = tmp_path / "nan_run"
+  manager = checkpointing.make_manager(checkpointing.checkpoint_dir(str(workdir)))
+  manager.save(step, args=ocp.args.Composite(
+    **{checkpointing.STATE: ocp.args.StandardSave(state)}))
+  manager.wait_until_finished()
+  manager.close()
+  shutil.copy(os.path.join(run["workdir"], "config.json"), workdir / "config.json")
+  good = os.path.join(run["val_dir"], CLASSES[0], "00.mp4")
+  status = predict.main(["--workdir", str(workdir), "--video", good])
+  captured = capsys.readouterr()
+  assert status == predict.ERROR_STATUS_ALL_FAILED and captured.out == ""
+  assert f"checkpoint step {step}: params/fc/kernel holds NaN or Inf" in captured.err
 
 
 def test_expand_paths_walks_folders_and_keeps_frame_folders(tmp_path):
