@@ -17,6 +17,7 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -24,7 +25,10 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -62,6 +66,32 @@ def count_incomplete(failures: list[dict[str, str]]) -> int:
   return sum(f["reason"].startswith(integrity.IncompleteVideoError.__name__) for f in failures)
 
 
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+
+
+def _watch_parent(parent_pid: int) -> None:
+  while os.getppid() == parent_pid:
+    time.sleep(1.0)
+  os._exit(1)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+  """Worker initializer: the worker dies with the build, even when the build is SIGKILLed.
+
+  A pool worker waits on a queue whose write end it holds itself, so it never sees its parent
+  go and would decode on as an orphan. On Linux the kernel kills it (PR_SET_PDEATHSIG); elsewhere
+  a thread polls the parent pid. Checked once more after arming: the parent may already be gone.
+  """
+  if sys.platform.startswith("linux"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+  else:
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+  if os.getppid() != parent_pid:
+    os._exit(1)
+
+
 @contextlib.contextmanager
 def process_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
   """Spawned worker processes (None for workers <= 0: run inline); one pool per build."""
@@ -70,7 +100,8 @@ def process_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
     return
   # Spawn, not fork: the parent may hold threads (JAX, TFDS) that fork would copy mid-state.
   pool = concurrent.futures.ProcessPoolExecutor(
-    workers, mp_context=multiprocessing.get_context("spawn"))
+    workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+    initargs=(os.getpid(),))
   try:
     yield pool
   finally:
