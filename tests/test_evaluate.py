@@ -296,7 +296,7 @@ def _config(data_dir):
   input_cfg.update(dict(data_dir=data_dir, crop_size=S, resize_short=10, eval_batch_size=4,
                         num_threads=2))
   return ml_collections.ConfigDict(dict(
-    model=dict(num_classes=DATA_K),
+    model=dict(num_classes=DATA_K, num_frames=T),
     input=input_cfg,
     evals=dict(val_1x1=dict(clips=1, crops=1),
                val_2x3=dict(clips=CLIPS, crops=CROPS, views_per_step=3, clip_sampling="random")),
