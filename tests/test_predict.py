@@ -253,6 +253,11 @@ def test_checkpoint_with_nonfinite_weights_is_refused(run, tmp_path, capsys):
   captured = capsys.readouterr()
   assert status == predict.ERROR_STATUS_ALL_FAILED and captured.out == ""
   assert f"checkpoint step {step}: params/fc/kernel holds NaN or Inf" in captured.err
+  from fstfl_jax import gradcam  # pylint: disable=g-import-not-at-top
+  status = gradcam.main(["--workdir", str(workdir), "--video", good,
+                         "--out", str(tmp_path / "cam.png")])
+  assert status == 1 and "params/fc/kernel holds NaN or Inf" in capsys.readouterr().err
+  assert not (tmp_path / "cam.png").exists()
 
 
 def test_expand_paths_walks_folders_and_keeps_frame_folders(tmp_path):
