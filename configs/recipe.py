@@ -6,7 +6,7 @@ epochs then cosine to 60 epochs, global grad-norm clipping at 20 (docs/training.
 `base.make_config` calls `recipe.add_training(config, dataset)`, which does
 
   config.optim = recipe.optim_config(num_epochs=...)
-  config.train = recipe.train_config(common.DATASETS[dataset]["train_size"])
+  config.train = recipe.train_config()
   config.checkpoint = recipe.checkpoint_config()
   config.init_from = ""
   config.init_imagenet = ""
@@ -14,7 +14,6 @@ epochs then cosine to 60 epochs, global grad-norm clipping at 20 (docs/training.
 
 import ml_collections
 
-from configs import common
 
 # Dataset-specific recipe changes (UCF-101 fine-tunes from Kinetics for fewer epochs).
 NUM_EPOCHS = {"ucf101": 40}
@@ -43,11 +42,13 @@ def optim_config(num_epochs: int = 60, warmup_epochs: int = 10) -> ml_collection
   ))
 
 
-def train_config(num_train_examples: int) -> ml_collections.ConfigDict:
+def train_config(num_train_examples: int = 0) -> ml_collections.ConfigDict:
   """Loop settings read by `fstfl_jax.train`."""
   return ml_collections.ConfigDict(dict(
     seed=0,
-    num_train_examples=num_train_examples,  # Defines an epoch: examples // global batch steps.
+    # Defines an epoch: examples // global batch steps. 0: the train split's size in
+    # input.data_dir (`fstfl_jax.consistency`); the published sizes are in configs/common.py.
+    num_train_examples=num_train_examples,
     num_train_steps=-1,        # -1: optim.num_epochs epochs; > 0 overrides (smoke runs).
     log_every_steps=50,
     eval_every_epochs=5,       # 0: evaluate only at the end.
@@ -68,7 +69,7 @@ def checkpoint_config() -> ml_collections.ConfigDict:
 def add_training(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
   """Adds the optim/train/checkpoint sections and the init paths for `dataset` in place."""
   config.optim = optim_config(num_epochs=NUM_EPOCHS.get(dataset, 60))
-  config.train = train_config(common.DATASETS[dataset]["train_size"])
+  config.train = train_config()
   config.checkpoint = checkpoint_config()
   # A workdir (or its `checkpoints/` dir) of an earlier run, e.g. Kinetics for UCF-101: params
   # and BN statistics are copied where names and shapes match (the classifier is re-initialised).

@@ -6,16 +6,18 @@
 Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
 worker processes and written in annotation order, so shard contents are deterministic.
 
-Undecodable or missing videos are skipped and listed in `<out>/failures.jsonl`
-({split, video_id, source, reason} per line). The build is resumable: finished shards are kept
-(`records.ShardWriter` renames a shard into place only when complete), and `<out>/.build_plan.json`
-makes a rerun with different inputs or settings fail instead of mixing shards.
+Undecodable, incomplete (truncated: `integrity.py`) or missing videos are skipped and listed in
+`<out>/failures.jsonl` ({split, video_id, source, reason} per line). The build is resumable:
+finished shards are kept (`records.ShardWriter` renames a shard into place only when complete),
+and `<out>/.build_plan.json` makes a rerun with different inputs or settings fail instead of
+mixing shards.
 """
 
 import argparse
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -23,7 +25,10 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,6 +37,7 @@ import simplejpeg
 import tqdm
 
 from data_pipelines import ingest
+from data_pipelines import integrity
 from data_pipelines import records
 from data_pipelines import video_decode
 from fstfl_jax import storage
@@ -51,6 +57,41 @@ class BuildResult:
   failures: list[dict[str, str]]
   shards_written: int  # Shards written by this run (resumed ones excluded).
 
+  @property
+  def incomplete(self) -> int:
+    """Failures that decoded, but clearly short of the frames their container promises."""
+    return count_incomplete(self.failures)
+
+
+def count_incomplete(failures: list[dict[str, str]]) -> int:
+  return sum(f["reason"].startswith(integrity.IncompleteVideoError.__name__) for f in failures)
+
+
+_PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
+
+
+def _watch_parent(parent_pid: int) -> None:
+  while os.getppid() == parent_pid:
+    time.sleep(1.0)
+  os._exit(1)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+  """Worker initializer: the worker dies with the build, even when the build is SIGKILLed.
+
+  A pool worker waits on a queue whose write end it holds itself, so it never sees its parent
+  go and would decode on as an orphan. On Linux the kernel kills it (PR_SET_PDEATHSIG); elsewhere
+  a thread polls the parent pid. Checked once more after arming: the parent may already be gone.
+  """
+  if sys.platform.startswith("linux"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+  else:
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+  if os.getppid() != parent_pid:
+    os._exit(1)
+
 
 @contextlib.contextmanager
 def process_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
@@ -60,7 +101,8 @@ def process_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
     return
   # Spawn, not fork: the parent may hold threads (JAX, TFDS) that fork would copy mid-state.
   pool = concurrent.futures.ProcessPoolExecutor(
-    workers, mp_context=multiprocessing.get_context("spawn"))
+    workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+    initargs=(os.getpid(),))
   try:
     yield pool
   finally:
@@ -199,7 +241,8 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
                   for split, entries in layout.splits.items())
   failures = _collect_failures(out, shards)
   sizes = records.write_metadata(out, layout.class_names, list(layout.splits),
-                                 dict(settings, skipped=len(failures)),
+                                 dict(settings, skipped=len(failures),
+                                      incomplete=count_incomplete(failures)),
                                  dataset_name=name or dataset)
   empty = [split for split, size in sizes.items() if size == 0]
   if empty:
@@ -232,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"error: {e}")
   print(f"{result.out}: {len(result.class_names)} classes, "
         + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
-        + f"; skipped {len(result.failures)} video(s)"
+        + f"; skipped {len(result.failures)} video(s) ({result.incomplete} incomplete)"
         + (f", listed in {os.path.join(result.out, FAILURES_FILE)}" if result.failures else "")
         + f"; wrote {result.shards_written} shard(s).")
 

@@ -387,31 +387,48 @@ class SplitSource(Sequence):
     self.paths = list(paths)
     self.num_classes = num_classes
     self._starts = np.cumsum([0, *shard_lengths]).tolist()
-    self._source = None
+    self._sources = {}
 
   def __len__(self) -> int:
     return self._starts[-1]
 
-  def _where(self, index: int) -> str:
+  def _locate(self, index: int) -> tuple[int, int]:
+    """(shard, record index inside the shard) of split record `index`."""
     shard = bisect.bisect_right(self._starts, index) - 1
-    return _where(self.paths[shard], index - self._starts[shard])
+    return shard, index - self._starts[shard]
 
-  def _raw(self) -> array_record_data_source.ArrayRecordDataSource:
-    if self._source is None:
-      self._source = array_record_data_source.ArrayRecordDataSource(self.paths)
-    return self._source
+  def _where(self, index: int) -> str:
+    shard, local = self._locate(index)
+    return _where(self.paths[shard], local)
+
+  def _read(self, index: int) -> bytes:
+    """The stored bytes of record `index`; a damaged shard raises naming the file and record.
+
+    One reader per shard: ArrayRecord's reader over several files opens all of them, so one
+    damaged shard would fail every read, and Riegeli's error names no file or record.
+    """
+    shard, local = self._locate(index)
+    try:
+      if shard not in self._sources:
+        self._sources[shard] = array_record_data_source.ArrayRecordDataSource(
+          [self.paths[shard]])
+      return self._sources[shard][local]
+    except Exception as e:  # Riegeli raises bare RuntimeErrors, often without a message.
+      detail = " ".join(f"{type(e).__name__}: {e}".split()).rstrip(": ")
+      raise ValueError(f"{self.paths[shard]} record {local}: cannot read it ({detail}); the "
+                       "shard file is damaged: delete it and rerun the build to rewrite it.") from e
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     if not -len(self) <= index < len(self):
       raise IndexError(f"index {index} out of range for {len(self)} records.")
     index = int(index) % len(self)
-    return decode_record(self._raw()[index], self._where(index), self.num_classes)
+    return decode_record(self._read(index), self._where(index), self.num_classes)
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return (self[i] for i in range(len(self)))
 
   def __getstate__(self) -> dict[str, Any]:
-    return dict(self.__dict__, _source=None)
+    return dict(self.__dict__, _sources={})
 
   def __repr__(self) -> str:
     return f"SplitSource({len(self)} records in {len(self.paths)} shards)"

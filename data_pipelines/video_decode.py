@@ -13,6 +13,8 @@ import av
 import numpy as np
 import simplejpeg
 
+from data_pipelines import integrity
+
 _RESAMPLE = "AREA"  # Area averaging: no aliasing when shrinking.
 
 
@@ -59,13 +61,18 @@ def _record(frames: list[bytes], fps: float, height: int, width: int) -> dict[st
 
 
 def decode_video(path: str, short_side: int, quality: int) -> dict[str, Any]:
-  """Decodes every frame of a video file with PyAV; returns frames/fps/height/width/num_frames."""
+  """Decodes every frame of a video file with PyAV; returns frames/fps/height/width/num_frames.
+
+  Raises:
+    integrity.IncompleteVideoError: clearly fewer frames than the container announces.
+  """
   frames = []
   with av.open(path) as container:
     if not container.streams.video:
       raise ValueError("no video stream")
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
+    promised = integrity.promised_frames(container, stream)
     size = None
     for frame in container.decode(stream):
       if size is None:
@@ -73,6 +80,7 @@ def decode_video(path: str, short_side: int, quality: int) -> dict[str, Any]:
       rgb = frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
                              interpolation=_RESAMPLE)
       frames.append(encode_jpeg(rgb, quality))
+  integrity.check_complete(len(frames), *promised)
   fps = float(rate) if rate else 0.0
   return _record(frames, fps, *(size or (0, 0)))
 
@@ -86,26 +94,28 @@ def load_frame_folder(folder: str, short_side: int, quality: int, fps: float) ->
   """Reads `<folder>/*.jpg` in name order.
 
   Frames that already fit the cap keep their original JPEG bytes (no generation loss); the header
-  is still parsed so a corrupt file fails here, not during training.
+  is still parsed so a corrupt file fails here, not during training. Gaps in the frame numbers
+  beyond `integrity`'s tolerance fail too (`integrity.IncompleteVideoError`).
   """
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg")))
+  integrity.check_complete(len(names), *integrity.folder_promise(names))
   frames, size = [], None
   for name in names:
     with open(os.path.join(folder, name), "rb") as f:
       data = f.read()
     try:
       height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as e:
+      if size is None:
+        size = capped_size(height, width, short_side)
+      keep = ((height, width) == size and colorspace == "YCbCr"
+              and data.endswith(b"\xff\xd9"))
+      if not keep:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        if rgb.shape[:2] != size:
+          rgb = _resize(rgb, *size)
+        data = encode_jpeg(rgb, quality)
+    except ValueError as e:  # Names the frame: a truncated or corrupt JPEG.
       raise ValueError(f"{name}: {e}") from e
-    if size is None:
-      size = capped_size(height, width, short_side)
-    keep = ((height, width) == size and colorspace == "YCbCr"
-            and data.endswith(b"\xff\xd9"))
-    if not keep:
-      rgb = simplejpeg.decode_jpeg(data, colorspace="RGB")
-      if rgb.shape[:2] != size:
-        rgb = _resize(rgb, *size)
-      data = encode_jpeg(rgb, quality)
     frames.append(data)
   return _record(frames, fps, *(size or (0, 0)))
 

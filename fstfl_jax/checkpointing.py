@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from fstfl_jax import cli
+from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
 from fstfl_jax import storage
 
@@ -64,7 +65,11 @@ def make_manager(directory: str | epath.Path, ckpt_cfg: ml_collections.ConfigDic
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
          metrics: dict[str, float] | None = None) -> None:
-  """Starts an (async) save of state and iterator at `step`; eval `metrics` rank best steps."""
+  """Starts an (async) save of state and iterator at `step`; eval `metrics` rank best steps.
+
+  Metrics with non-finite scores rank nothing (`guards.rankable_metrics`).
+  """
+  metrics = guards.rankable_metrics(metrics)
   manager.save(step, args=ocp.args.Composite(
     **{STATE: ocp.args.StandardSave(state), DATA: grain.checkpoint.CheckpointSave(data_iter)}),
     metrics=metrics, force=True)

@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
+from fstfl_jax import consistency
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
 from fstfl_jax import storage
@@ -75,8 +76,9 @@ def make_eval_step(model: Any, preprocess: Preprocess, num_classes: int,
   are folded into one model call of B * views_per_step clips (None: all V at once); fewer views
   per call bound activation memory for 10x3 protocols.
 
-  Returns (replicated) sums over unmasked videos: count, loss, top1, top5 and confusion [K, K];
-  with `with_logits` also the view-averaged logits [B, K] (sharded like the batch).
+  Returns (replicated) sums over unmasked videos: count, loss, top1, top5, nonfinite (videos
+  with a NaN/Inf score), confusion [K, K] and support [K] (videos per class); with
+  `with_logits` also the view-averaged logits [B, K] (sharded like the batch).
   """
 
   def step(variables, batch):
@@ -98,7 +100,11 @@ def make_eval_step(model: Any, preprocess: Preprocess, num_classes: int,
     out = dict(
       count=metrics_lib.masked_sum(mask, mask),
       loss=metrics_lib.masked_sum(metrics_lib.softmax_cross_entropy(logits, labels), mask),
-      confusion=metrics_lib.confusion_matrix(labels, jnp.argmax(logits, -1), mask, num_classes),
+      # Non-finite scores predict no class and count as wrong (support = true class counts).
+      confusion=metrics_lib.confusion_matrix(labels, metrics_lib.predicted_class(logits), mask,
+                                             num_classes),
+      support=metrics_lib.masked_sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.int32), mask),
+      nonfinite=metrics_lib.masked_sum(~metrics_lib.finite_rows(logits), mask),
       **{f"top{k}": metrics_lib.masked_sum(c, mask) for k, c in correct.items()},
     )
     if with_logits:
@@ -149,26 +155,29 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
 
   Returns:
     dict with top1, top5, mean_class_accuracy, loss (cross-entropy of the averaged logits),
-    num_videos, confusion (np.int64 [K, K]) and, with `with_predictions`, `predictions`: a list
-    of {index, label, top5, top5_logits} per video.
+    num_videos, nonfinite (videos with a NaN/Inf score, counted as wrong), confusion (np.int64
+    [K, K]) and, with `with_predictions`, `predictions`: a list of {index, label, top5,
+    top5_logits} per video.
   """
   step_fn = make_eval_step(model, preprocess or pipeline.normalize, num_classes,
                            views_per_step, with_predictions)
   totals = collections.Counter()
   confusion = np.zeros((num_classes, num_classes), np.int64)
+  support = np.zeros(num_classes, np.int64)
   predictions: list[dict[str, Any]] = []
   seen_indices: set[int] = set()
   pending: collections.deque = collections.deque()
   progress = metrics_lib.Progress(num_batches, unit="batches")
 
   def collect(out: dict) -> None:
-    nonlocal confusion
+    nonlocal confusion, support
     if with_predictions:
       gathered = multihost_utils.process_allgather(
         {k: out.pop(k) for k in ("logits", "label", "index", "mask")}, tiled=True)
       predictions.extend(_prediction_rows(**gathered))
     host = jax.device_get(out)  # Blocks: bounds the number of computations in flight.
     confusion += host.pop("confusion")
+    support += host.pop("support")
     totals.update({k: float(v) for k, v in host.items()})
 
   with jax.set_mesh(mesh):
@@ -212,9 +221,10 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
   result = dict(
     top1=totals["top1"] / count,
     top5=totals["top5"] / count,
-    mean_class_accuracy=metrics_lib.mean_class_accuracy(confusion),
+    mean_class_accuracy=metrics_lib.mean_class_accuracy(confusion, support),
     loss=totals["loss"] / count,
     num_videos=int(count),
+    nonfinite=int(totals["nonfinite"]),
     confusion=confusion,
   )
   if with_predictions:
@@ -389,6 +399,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str =
   names = sorted(config.evals) if protocol == "all" else [protocol]
   for name in names:
     protocol_views(config, name)  # Fail on a bad protocol before the slow restore.
+  consistency.check(config, train=False, eval_protocols=names)
   step = checkpoint_step(config, workdir, checkpoint)
   # Restored as plain dicts, so the optimizer config need not match the one trained with.
   state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
@@ -405,5 +416,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str =
     logging.info("eval %s step %d (%dx%d): top1 %.4f top5 %.4f mean-class %.4f on %d videos "
                  "-> %s", name, step, clips, crops, result["top1"], result["top5"],
                  result["mean_class_accuracy"], result["num_videos"], path)
+    if result["nonfinite"]:
+      logging.warning("eval %s step %d: %d of %d videos have NaN/Inf scores, counted as wrong.",
+                      name, step, result["nonfinite"], result["num_videos"])
     results[name] = result
   return results

@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import io
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from fstfl_jax import cli
+from fstfl_jax import guards
 from fstfl_jax import predict
 from fstfl_jax import sharding
 from fstfl_jax import storage
@@ -233,13 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = predict.load_config(args.workdir, args.config)
   names = predict.class_names(config)
   class_index = resolve_class(args.class_, names)
+  mesh = sharding.make_mesh(1)  # One clip: a single device does it.
   try:
     views = video_io.load_views(args.video, config.input, clips=1, crops=1,
                                 settings=video_io.decode_settings(config.input.data_dir))
-  except video_io.VideoError as e:
-    raise cli.UserError(str(e)) from None
-  mesh = sharding.make_mesh(1)  # One clip: a single device does it.
-  variables, step = predict.restore_variables(config, args.workdir, args.checkpoint, mesh)
+    variables, step = predict.restore_variables(config, args.workdir, args.checkpoint, mesh)
+  except (video_io.VideoError, guards.NonFiniteError) as e:  # One line, as predict prints it.
+    print(f"gradcam: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
   result = compute(build_model(config.model), variables, views, args.layer, class_index)
   name = names[result.class_index]
   title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "

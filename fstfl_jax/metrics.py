@@ -60,14 +60,26 @@ def label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum(above, axis=-1, dtype=jnp.int32)
 
 
+def finite_rows(logits: jax.Array) -> jax.Array:
+  """[B] bool: every score of the row is finite (a NaN or Inf row ranks nothing)."""
+  return jnp.all(jnp.isfinite(logits), axis=-1)
+
+
 def topk_correct(logits: jax.Array, labels: jax.Array,
                  ks: Sequence[int] = (1, 5)) -> dict[int, jax.Array]:
   """{k: [B] bool} whether the label is among the k best classes (see `label_rank` for ties).
 
-  k larger than the number of classes counts every example as correct.
+  k larger than the number of classes counts every example as correct. A row with a NaN or Inf
+  score is wrong for every k: NaN compares false with everything, so its rank would be 0.
   """
   rank = label_rank(logits, labels)
-  return {k: rank < k for k in ks}
+  finite = finite_rows(logits)
+  return {k: (rank < k) & finite for k in ks}
+
+
+def predicted_class(logits: jax.Array) -> jax.Array:
+  """[B] int32 argmax, or -1 for rows with a non-finite score (no class is predicted)."""
+  return jnp.where(finite_rows(logits), jnp.argmax(logits, -1), -1).astype(jnp.int32)
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -81,6 +93,9 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, mask: jax.Array,
                      num_classes: int) -> jax.Array:
   """[K, K] int32 counts, rows = true class, columns = prediction; masked rows are ignored.
 
+  A prediction of -1 (`predicted_class` of a non-finite row) adds to no column, so pass the
+  class counts to `mean_class_accuracy` to count it as wrong.
+
   Built from one-hot outer products summed over the batch: a plain reduction, so it stays
   correct when the batch axis is sharded over devices (XLA inserts the all-reduce).
   """
@@ -89,14 +104,19 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, mask: jax.Array,
   return masked_sum(true_1h[:, :, None] * pred_1h[:, None, :], mask)
 
 
-def mean_class_accuracy(confusion: np.ndarray) -> float:
+def mean_class_accuracy(confusion: np.ndarray, support: np.ndarray | None = None) -> float:
   """Mean over classes of per-class recall, from a [K, K] confusion matrix.
 
   Classes without any example are left out of the mean (as in sklearn's balanced accuracy):
   their recall is undefined, and counting them as 0 would penalise a small eval subset.
+
+  Args:
+    confusion: [K, K] counts (rows true class).
+    support: [K] examples per class; default the row sums. Larger when some examples have no
+      prediction (non-finite scores), which then count as wrong.
   """
   confusion = np.asarray(confusion, np.float64)
-  support = confusion.sum(axis=1)
+  support = confusion.sum(axis=1) if support is None else np.asarray(support, np.float64)
   present = support > 0
   if not present.any():
     raise ValueError("Confusion matrix is empty: no evaluated examples.")

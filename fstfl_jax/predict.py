@@ -38,6 +38,7 @@ from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import cli
 from fstfl_jax import evaluate
+from fstfl_jax import guards
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
 from fstfl_jax import storage
@@ -84,7 +85,11 @@ def default_views(config: ml_collections.ConfigDict) -> tuple[int, int, int | No
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoint: str,
                       mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], int]:
-  """({'params', 'batch_stats'} replicated on `mesh`, step) of the latest or best checkpoint."""
+  """({'params', 'batch_stats'} replicated on `mesh`, step) of the latest or best checkpoint.
+
+  Raises:
+    guards.NonFiniteError: the checkpoint holds NaN or Inf (its predictions would be NaN).
+  """
   # Orbax warns on every read-only restore; those lines would bury the per-file output.
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)
@@ -93,7 +98,9 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoin
     state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
   finally:
     logging.set_verbosity(verbosity)
-  return dict(params=state["params"], batch_stats=state["batch_stats"]), step
+  variables = dict(params=state["params"], batch_stats=state["batch_stats"])
+  guards.check_finite_variables(variables, f"{workdir} checkpoint step {step}")
+  return variables, step
 
 
 class Predictor:
@@ -210,7 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.clips or args.crops:
     clips, crops, views_per_step = args.clips or clips, args.crops or crops, None
   mesh = sharding.make_mesh()
-  variables, step = restore_variables(config, args.workdir, args.checkpoint, mesh)
+  try:
+    variables, step = restore_variables(config, args.workdir, args.checkpoint, mesh)
+  except guards.NonFiniteError as e:
+    print(f"predict: error: {e}", file=sys.stderr)
+    return ERROR_STATUS_ALL_FAILED
   names = class_names(config)
   predictor = Predictor(config, variables, mesh, clips=clips, crops=crops,
                         batch_size=args.batch_size or mesh.size, views_per_step=views_per_step)

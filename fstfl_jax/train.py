@@ -6,7 +6,6 @@ checkpoint, eval). Metrics stay on device until a log, eval or checkpoint step, 
 never waits for a step it does not need.
 """
 
-import math
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -18,6 +17,8 @@ import optax
 from absl import logging
 
 from fstfl_jax import checkpointing
+from fstfl_jax import consistency
+from fstfl_jax import guards
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import optim
 from fstfl_jax import sharding as sharding_lib
@@ -73,8 +74,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
                               params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     accuracy = metrics_lib.topk_correct(logits, labels, (1,))[1].mean(dtype=jnp.float32)
-    return new_state, dict(loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads),
-                           lr=schedule(state.step))
+    grad_norm = optax.tree.norm(grads)
+    nonfinite = guards.first_nonfinite(loss, grad_norm, new_state.params, batch_stats)
+    return new_state, dict(loss=loss, accuracy=accuracy, grad_norm=grad_norm,
+                           lr=schedule(state.step), nonfinite=nonfinite)
 
   return step
 
@@ -150,14 +153,12 @@ class _Logs:
       self.tb.close()
 
 
-def _summarise(pending: list[tuple[int, Metrics]]) -> dict[str, float]:
-  """Fetches the buffered step metrics; raises on the first non-finite loss with its step."""
+def _summarise(pending: list[tuple[int, Metrics]], names: list[str]) -> dict[str, float]:
+  """Fetches the buffered step metrics; raises at the first step with a non-finite quantity."""
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), m in zip(pending, fetched):
-    if not math.isfinite(float(m["loss"])):
-      raise FloatingPointError(
-        f"Non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last checkpoint "
-        "before it is untouched.")
+    guards.check_step(step, int(m["nonfinite"]), names,
+                      {k: float(m[k]) for k in ("loss", "grad_norm")})
   out = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
   out["lr"] = float(fetched[-1]["lr"])
   return out
@@ -197,11 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_fn: validation function; defaults to `fstfl_jax.evaluate.validate`.
 
   Raises:
-    FloatingPointError: on a non-finite loss, naming the step; checkpoints written before that
-      step stay intact.
+    guards.NonFiniteError: on a non-finite loss, gradient norm, parameter or BN statistic, naming
+      the step and the quantity; nothing of that step is saved.
   """
   if data is None:
     from data_pipelines import pipeline as data  # Imported here so tests can inject data.
+    config = consistency.for_training(config, with_eval)  # Fails fast on a config/data mismatch.
   if eval_fn is None:
     from fstfl_jax.evaluate import validate as eval_fn  # Imported here: only eval needs it.
 
@@ -213,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with jax.set_mesh(mesh):
     model, tx, schedule, init_fn, abstract = build(config, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+    guard_names = guards.quantity_names(abstract.params, abstract.batch_stats)
     train_step = jit_train_step(make_train_step(model, tx, schedule, data.normalize),
                                 mesh, state_sharding)
 
@@ -264,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         stop = watcher.should_stop(step)  # Every step: a pre-emption notice gives little time.
         if not (do_ckpt or stop or step % log_every == 0):
           continue
-        values = _summarise(pending)
+        values = _summarise(pending, guard_names)
         now = time.monotonic()
         clips = (step - window_step) * config.input.batch_size
         values["clips_per_sec"] = clips / (now - window_start)

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import av
 import numpy as np
@@ -346,3 +348,58 @@ def test_empty_split_and_unknown_class_folder(tmp_path):
   os.makedirs(f"{src}/validation/b")
   with pytest.raises(ingest.LayoutError, match=rf"{src}/validation/b: unknown class 'b'"):
     ingest.parse("folder", src)
+
+
+# --- decode workers die with the build ----------------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+  """Pids of the live (not zombie) processes whose parent is `pid`, from /proc."""
+  out = set()
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue  # Not a process, or it just ended.
+    if fields[1] == str(pid) and fields[0] != "Z":
+      out.add(int(entry))
+  return out
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_build_leaves_no_decode_workers(tmp_path):
+  src = tmp_path / "src"
+  for split, count in (("train", 24), ("validation", 1)):
+    os.makedirs(src / split / "bikes")
+    for k in range(count):  # 250 frames each: the workers are busy when the build is killed.
+      os.symlink(video_fixtures.sample_clip("bikes.mp4"), src / split / "bikes" / f"{k}.mp4")
+  build_proc = subprocess.Popen(
+    [sys.executable, "-m", "data_pipelines.build", "--dataset", "folder", "--src", str(src),
+     "--out", str(tmp_path / "out"), "--workers", "2"],
+    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  workers = set()
+  deadline = time.monotonic() + 120
+  while len(workers) < 2 and build_proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.2)
+    # Spawned workers run `multiprocessing.spawn`; the resource tracker is a child too.
+    workers = {p for p in _children(build_proc.pid)
+               if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()}
+  assert len(workers) == 2 and build_proc.poll() is None, "the build ended before the check"
+  build_proc.kill()  # SIGKILL: no cleanup code runs in the build process.
+  build_proc.wait()
+  deadline = time.monotonic() + 30
+  while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  orphans = [p for p in workers if _alive(p)]
+  for p in orphans:  # Do not leave them running if the test fails.
+    os.kill(p, signal.SIGKILL)
+  assert not orphans, f"decode workers {orphans} outlived the killed build"

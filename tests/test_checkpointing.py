@@ -6,11 +6,13 @@ clips (`SyntheticData`), so both the train state and the data position go throug
 
 import json
 import os
+import re
 import signal
 
 import chex
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from configs import common, recipe
 from data_pipelines import pipeline
 from fstfl_jax import checkpointing
+from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
 from fstfl_jax import train
 
@@ -139,6 +142,59 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(straight, tmp_path):
   assert step == 4
   chex.assert_tree_all_finite(good)
   chex.assert_trees_all_close(good, ref)
+
+
+def test_huge_lr_from_scratch_stops_before_saving_nonfinite_state(tmp_path):
+  """lr 1e8 from scratch: the loss stays finite while the gradient norm turns NaN."""
+  config = tiny_config()
+  config.optim.update(base_lr=1e8, warmup_epochs=0)
+  with pytest.raises(guards.NonFiniteError, match=r"Non-finite \S+ at step (\d+)") as caught:
+    run(tmp_path, config=config)
+  bad_step = int(re.search(r"at step (\d+)", str(caught.value)).group(1))
+  assert 2 < bad_step <= TOTAL_STEPS  # After the first checkpoint, so there is one to keep.
+  manager = checkpointing.make_manager(checkpointing.checkpoint_dir(tmp_path))
+  saved = manager.all_steps()
+  assert saved and max(saved) < bad_step
+  mesh = sharding_lib.make_mesh()
+  for step in saved:
+    chex.assert_tree_all_finite(checkpointing.restore_state_only(str(tmp_path), None, mesh,
+                                                                 step=step)[0])
+  steps, _ = read_log(tmp_path)
+  assert steps == list(range(1, bad_step))  # The bad step is not logged as a normal one.
+
+
+def test_nonfinite_guard_names_the_first_bad_quantity():
+  params = {"conv": {"kernel": jnp.ones((2, 2))}, "fc": {"bias": jnp.zeros(3)}}
+  stats = {"bn": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+  names = guards.quantity_names(params, stats)
+  assert names == ["loss", "grad_norm", "params conv/kernel", "params fc/bias",
+                   "batch_stats bn/mean", "batch_stats bn/var"]
+  check = jax.jit(guards.first_nonfinite)
+  assert int(check(1.0, 2.0, params, stats)) == -1
+  bad_stats = {"bn": {"mean": jnp.zeros(2), "var": jnp.asarray([1.0, jnp.inf])}}
+  assert names[int(check(1.0, 2.0, params, bad_stats))] == "batch_stats bn/var"
+  bad_params = {"conv": {"kernel": jnp.ones((2, 2))}, "fc": {"bias": jnp.asarray([0, jnp.nan, 0])}}
+  assert names[int(check(1.0, 2.0, bad_params, bad_stats))] == "params fc/bias"
+  assert names[int(check(1.0, jnp.nan, bad_params, stats))] == "grad_norm"
+  with pytest.raises(guards.NonFiniteError, match=r"Non-finite params fc/bias at step 7"):
+    guards.check_step(7, int(check(1.0, 2.0, bad_params, stats)), names)
+
+
+def test_eval_with_nonfinite_scores_never_becomes_best(tmp_path):
+  cfg = recipe.checkpoint_config()
+  cfg.update(keep_latest=1, keep_best=1, async_save=False)
+  manager = checkpointing.make_manager(str(tmp_path), cfg)
+  it = iter(grain.MapDataset.range(100).to_iter_dataset(grain.ReadOptions(num_threads=0)))
+  evals = {1: {"top1": 0.2, "nonfinite": 0}, 2: {"top1": 1.0, "nonfinite": 3},
+           3: {"top1": float("nan")}, 4: None}
+  for step, metrics in evals.items():
+    next(it)
+    checkpointing.save(manager, step, {"x": np.full((3,), step, np.float32)}, it,
+                       metrics=metrics)
+  manager.wait_until_finished()
+  assert manager.best_step() == 1
+  assert manager.all_steps() == [1, 4]  # The best finite eval and the latest.
+  manager.close()
 
 
 def test_restore_state_only_onto_one_device(straight):

@@ -159,6 +159,20 @@ def test_matches_hand_computation_with_padding_excluded(model_and_vars, dataset,
   assert [p["label"] for p in preds] == dataset["labels"].tolist()
 
 
+def test_nonfinite_scores_count_as_wrong(model_and_vars, dataset, mesh8):
+  """A NaN classifier used to score 100% top-1/top-5: NaN compares false, so it ranked first."""
+  model, variables = model_and_vars
+  dense = variables["params"]["Dense_0"]
+  poisoned = dict(variables, params=dict(variables["params"], Dense_0=dict(
+    dense, bias=dense["bias"].at[0].set(jnp.nan))))
+  got = run((model, poisoned), make_batches(dataset), mesh8)
+  assert got["num_videos"] == NUM_VIDEOS and got["nonfinite"] == NUM_VIDEOS
+  assert got["top1"] == got["top5"] == got["mean_class_accuracy"] == 0.0
+  assert got["confusion"].sum() == 0  # No video has a predicted class.
+  clean = run(model_and_vars, make_batches(dataset), mesh8)
+  assert clean["nonfinite"] == 0 and clean["confusion"].sum() == NUM_VIDEOS
+
+
 @pytest.mark.parametrize("mesh_kind", ["1 device", "8 explicit"])
 def test_mesh_and_order_do_not_matter(model_and_vars, dataset, mesh8, mesh_kind):
   if mesh_kind == "1 device":
@@ -282,7 +296,7 @@ def _config(data_dir):
   input_cfg.update(dict(data_dir=data_dir, crop_size=S, resize_short=10, eval_batch_size=4,
                         num_threads=2))
   return ml_collections.ConfigDict(dict(
-    model=dict(num_classes=DATA_K),
+    model=dict(num_classes=DATA_K, num_frames=T),
     input=input_cfg,
     evals=dict(val_1x1=dict(clips=1, crops=1),
                val_2x3=dict(clips=CLIPS, crops=CROPS, views_per_step=3, clip_sampling="random")),

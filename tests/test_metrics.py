@@ -48,6 +48,26 @@ def test_topk_ties_prefer_lower_class_index():
   np.testing.assert_array_equal(got[5], [True, True, True])  # k > K: always correct.
 
 
+def test_nonfinite_scores_are_wrong_for_every_k_and_every_class():
+  nan, inf = float("nan"), float("inf")
+  logits = jnp.asarray([[nan] * 4,                  # All NaN: rank 0 if NaN compared "equal".
+                        [0.0, nan, 1.0, 2.0],       # One NaN elsewhere: the ranking is undefined.
+                        [inf, 0.0, 0.0, 0.0],       # Inf: softmax gives NaN.
+                        [0.0, 3.0, 1.0, 2.0]])
+  labels = jnp.asarray([0, 3, 0, 1])
+  got = metrics.topk_correct(logits, labels, ks=(1, 2, 5))
+  for k in (1, 2, 5):  # Even k > K, which counts every finite row as correct.
+    np.testing.assert_array_equal(got[k], [False, False, False, True])
+  preds = metrics.predicted_class(logits)
+  np.testing.assert_array_equal(preds, [-1, -1, -1, 1])
+  mask = jnp.ones(4, bool)
+  confusion = np.asarray(metrics.confusion_matrix(labels, preds, mask, 4))
+  support = np.asarray(metrics.masked_sum(jax.nn.one_hot(labels, 4, dtype=jnp.int32), mask))
+  np.testing.assert_array_equal(support, [2, 1, 0, 1])
+  # Class 0: two NaN videos, both wrong (0/2); class 1 right (1/1); class 3 NaN (0/1).
+  assert metrics.mean_class_accuracy(confusion, support) == pytest.approx((0 + 1 + 0) / 3)
+
+
 def test_masked_sum_ignores_masked_rows():
   mask = jnp.asarray([True, False, True])
   np.testing.assert_allclose(metrics.masked_sum(jnp.asarray([1.5, 100.0, 2.0]), mask), 3.5)

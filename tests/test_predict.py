@@ -23,12 +23,14 @@ from data_pipelines import build as build_lib
 from data_pipelines import make_demo
 from data_pipelines import pipeline
 from data_pipelines import records
+from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
 from fstfl_jax import predict
 from fstfl_jax import sharding
 from fstfl_jax import train
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
+import video_fixtures
 
 SIZE, FRAMES, T = 64, 8, 4          # Frame side, frames per file, frames per clip.
 OBJECT = 14                         # Side of the moving square, in pixels.
@@ -205,6 +207,57 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
   status = predict.main(["--workdir", run["workdir"], "--video", str(corrupt), missing])
   assert status == predict.ERROR_STATUS_ALL_FAILED
   assert capsys.readouterr().out == ""
+
+
+def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, capsys):
+  from fstfl_jax import gradcam  # pylint: disable=g-import-not-at-top
+  good = os.path.join(run["val_dir"], CLASSES[0], "00.mp4")
+  cut = []
+  for ext in (".webm", ".avi"):
+    whole = video_fixtures.write_video(str(tmp_path / f"whole{ext}"), num_frames=30, fps=12)
+    with open(whole, "rb") as f:
+      data = f.read()
+    cut.append(str(tmp_path / f"cut{ext}"))
+    with open(cut[-1], "wb") as f:
+      f.write(data[:int(len(data) * 0.7)])  # PyAV decodes the first frames without an error.
+  status = predict.main(["--workdir", run["workdir"], "--video", cut[0], good, cut[1]])
+  captured = capsys.readouterr()
+  assert status == 0
+  assert [line.split(": ")[0] for line in captured.out.splitlines()] == [good]
+  errors = captured.err.splitlines()
+  for path, line in zip(cut, [e for e in errors if "error" in e]):
+    assert line.startswith(f"predict: error: {path}: ") and "decoded " in line
+    assert "of 30 frames" in line
+
+  status = gradcam.main(["--workdir", run["workdir"], "--video", cut[0],
+                         "--out", str(tmp_path / "cam.png")])
+  err = capsys.readouterr().err
+  assert status == 1 and f"gradcam: error: {cut[0]}: " in err and "of 30 frames" in err
+  assert not (tmp_path / "cam.png").exists()
+
+
+def test_checkpoint_with_nonfinite_weights_is_refused(run, tmp_path, capsys):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state, step = checkpointing.restore_state_only(run["workdir"], None, sharding.make_mesh())
+  state = jax.tree.map(np.array, jax.device_get(state))
+  state["params"]["fc"]["kernel"][0, 0] = np.nan
+  workdir = tmp_path / "nan_run"
+  manager = checkpointing.make_manager(checkpointing.checkpoint_dir(str(workdir)))
+  manager.save(step, args=ocp.args.Composite(
+    **{checkpointing.STATE: ocp.args.StandardSave(state)}))
+  manager.wait_until_finished()
+  manager.close()
+  shutil.copy(os.path.join(run["workdir"], "config.json"), workdir / "config.json")
+  good = os.path.join(run["val_dir"], CLASSES[0], "00.mp4")
+  status = predict.main(["--workdir", str(workdir), "--video", good])
+  captured = capsys.readouterr()
+  assert status == predict.ERROR_STATUS_ALL_FAILED and captured.out == ""
+  assert f"checkpoint step {step}: params/fc/kernel holds NaN or Inf" in captured.err
+  from fstfl_jax import gradcam  # pylint: disable=g-import-not-at-top
+  status = gradcam.main(["--workdir", str(workdir), "--video", good,
+                         "--out", str(tmp_path / "cam.png")])
+  assert status == 1 and "params/fc/kernel holds NaN or Inf" in capsys.readouterr().err
+  assert not (tmp_path / "cam.png").exists()
 
 
 def test_expand_paths_walks_folders_and_keeps_frame_folders(tmp_path):

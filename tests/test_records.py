@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 import sys
 
 from array_record.python import array_record_module
@@ -82,6 +83,34 @@ def test_source_pickles_for_worker_processes(data_dir):
   source[0]  # Opens the files; the pickle must not carry the open readers.
   clone = pickle.loads(pickle.dumps(source))
   assert clone[7] == train[7] and len(clone) == 11
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "truncated"])
+def test_damaged_shard_names_the_file_and_record_and_others_still_read(data_dir, tmp_path,
+                                                                        damage):
+  out, train, _ = data_dir
+  copy = str(tmp_path / "copy")
+  shutil.copytree(out, copy)
+  name = records.shard_name("train", 1, 3)  # Records 3-6 of the split.
+  with open(os.path.join(copy, name), "rb") as f:
+    data = bytearray(f.read())
+  if damage == "truncated":  # The footer is gone: the file does not open at all.
+    data = data[:len(data) // 2]
+  else:  # Bytes inside the first record's chunk (records start after a 64-byte header).
+    data[200:216] = bytes(b ^ 0x5A for b in data[200:216])
+  with open(os.path.join(copy, name), "wb") as f:
+    f.write(bytes(data))
+  source = records.open_split(copy, "train")
+  bad = []
+  for i in range(3, 7):
+    try:
+      assert source[i] == train[i]
+    except ValueError as e:
+      assert f"{name} record {i - 3}: cannot read it" in str(e) and "damaged" in str(e)
+      bad.append(i)
+  assert bad == ([3, 4, 5, 6] if damage == "truncated" else [3])
+  # The other shards still read (one reader per shard).
+  assert [source[i] for i in (0, 1, 2, 7, 8, 9, 10)] == [train[i] for i in (0, 1, 2, 7, 8, 9, 10)]
 
 
 def _raw_shard(out: str, split: str, serialized: list[bytes]) -> str:

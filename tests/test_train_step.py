@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from data_pipelines import pipeline
+from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
 from fstfl_jax import train
 
@@ -81,3 +82,24 @@ def test_shardings(runs):
   assert info8["param_specs"] == {P()}  # The whole state is replicated.
   assert info8["donated"] and info1["donated"]  # The old state's buffers were reused.
 
+
+
+def test_step_flags_a_nonfinite_bn_statistic():
+  """Loss, gradients and params stay finite; only the running statistics go bad."""
+  config = tiny_config()
+  mesh = sharding_lib.make_mesh(1)
+  with jax.set_mesh(mesh):
+    model, tx, schedule, init_fn, abstract = train.build(config, mesh)
+    state = jax.jit(init_fn)(jax.random.PRNGKey(0))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state.batch_stats)
+    leaves = [x for _, x in paths]
+    leaves[-1] = leaves[-1].at[0].set(np.inf)  # A running statistic of the last BN.
+    state = state.replace(batch_stats=jax.tree.unflatten(treedef, leaves))
+    step = jax.jit(train.make_train_step(model, tx, schedule, pipeline.normalize))
+    _, metrics = step(state, sharding_lib.to_global(_batch(config), mesh))
+  names = guards.quantity_names(abstract.params, abstract.batch_stats)
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert names[int(metrics["nonfinite"])] == names[-1]
+  assert names[-1].startswith("batch_stats ")
+  with pytest.raises(guards.NonFiniteError, match=f"Non-finite {names[-1]} at step 1"):
+    guards.check_step(1, int(metrics["nonfinite"]), names)

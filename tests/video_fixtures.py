@@ -11,17 +11,23 @@ CODECS = {".avi": "mpeg4", ".mp4": "libx264", ".webm": "libvpx-vp9"}
 
 
 def clip(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-  """[T, H, W, 3] uint8: a smooth random image drifting right, so frames differ."""
+  """[T, H, W, 3] uint8: a smooth random image drifting right (wrapping), so frames differ."""
   rng = np.random.default_rng(seed)
   base = np.kron(rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3)), np.ones((8, 8, 1)))
-  return np.stack([base[:height, t:t + width] for t in range(num_frames)]).astype(np.uint8)
+  return np.stack([np.take(base[:height], range(t, t + width), axis=1, mode="wrap")
+                   for t in range(num_frames)]).astype(np.uint8)
 
 
 def write_video(path: str, num_frames: int = 6, height: int = 48, width: int = 64,
-                fps: int = 10, seed: int = 0) -> str:
-  """Encodes `clip(...)` with the codec of the extension (mpeg4 .avi, h264 .mp4, vp9 .webm)."""
+                fps: int = 10, seed: int = 0, faststart: bool = False) -> str:
+  """Encodes `clip(...)` with the codec of the extension (mpeg4 .avi, h264 .mp4, vp9 .webm).
+
+  `faststart` puts an mp4's index before the frames (as web-served files have it), so a cut
+  file still opens and decodes partially.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with av.open(path, "w") as container:
+  options = {"movflags": "faststart"} if faststart else {}
+  with av.open(path, "w", options=options) as container:
     stream = container.add_stream(CODECS[os.path.splitext(path)[1]], rate=fps)
     stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
     if stream.codec_context.name == "libx264":

@@ -1,0 +1,123 @@
+"""Startup check: the config against the data dir it reads, before anything is compiled.
+
+A config and a data dir can disagree without any error until much later, or never: a 5-way head
+on 10-class data trains on garbage labels, a published split size on a small data dir keeps the
+schedule in warm-up, a model built for 8 frames fed 16-frame clips folds them into the wrong
+batch. `check` compares, from the data dir's metadata and one record per split:
+
+  config.model.num_classes      the data dir's class names
+  config.model.num_frames       config.input.num_frames (the sampler's T)
+  config.input.crop_size        the short side of the stored frames (crops are never upsampled)
+  config.input.*_split          the data dir's splits
+
+and raises one `ConsistencyError` with a line per mismatch, each naming both values and the
+`--config` flag that fixes it. `config.train.num_train_examples` = 0 (the dataset configs'
+default; the published sizes stay in `configs/common.py` as documentation) becomes the train
+split's real size; a value set on purpose is kept, with a warning when it differs.
+"""
+
+from collections.abc import Sequence
+
+import ml_collections
+from absl import logging
+
+from data_pipelines import records
+from fstfl_jax import cli
+
+
+class ConsistencyError(cli.UserError, ValueError):
+  """The config does not fit its data dir; one line per mismatch."""
+
+
+def _needed_splits(config: ml_collections.ConfigDict, train: bool,
+                   eval_protocols: Sequence[str]) -> dict[str, str]:
+  """{split: the flag that names it} for the splits this run reads."""
+  splits = {}
+  if train:
+    splits[config.input.train_split] = "input.train_split"
+  for name in eval_protocols:
+    entry = config.evals[name]
+    split = entry.get("split") or config.input.eval_split
+    splits.setdefault(split, f"evals.{name}.split" if entry.get("split") else "input.eval_split")
+  return splits
+
+
+def _stored_short_side(data_dir: str, split: str) -> tuple[int, str]:
+  """min(height, width) of the split's first record, and where it was read."""
+  record = records.open_split(data_dir, split)[0]
+  return min(record["height"], record["width"]), f"split {split!r} record 0"
+
+
+def mismatches(config: ml_collections.ConfigDict, meta: records.DatasetMeta, *, train: bool,
+               eval_protocols: Sequence[str] = ()) -> list[str]:
+  """One line per disagreement between `config` and the data dir described by `meta`."""
+  data_dir, model, inp = meta.data_dir, config.model, config.input
+  out = []
+  if model.num_classes != meta.num_classes:
+    out.append(f"config.model.num_classes={model.num_classes} but {data_dir} has "
+               f"{meta.num_classes} classes ({', '.join(meta.class_names[:3])}, ...); fix with "
+               f"--config.model.num_classes={meta.num_classes}")
+  if model.num_frames != inp.num_frames:
+    out.append(f"config.model.num_frames={model.num_frames} but the sampler draws "
+               f"config.input.num_frames={inp.num_frames}; fix with "
+               f"--config.input.num_frames={model.num_frames} (or the frames=N variant, which "
+               "sets both)")
+  present = []
+  for split, flag in _needed_splits(config, train, eval_protocols).items():
+    if split in meta.split_sizes:
+      present.append(split)
+    else:
+      out.append(f"config.{flag}={split!r} but {data_dir} has splits "
+                 f"{sorted(meta.split_sizes)}; fix with --config.{flag}=<one of them>")
+  for split in present[:1]:
+    short, where = _stored_short_side(data_dir, split)
+    if inp.crop_size > short:
+      out.append(f"config.input.crop_size={inp.crop_size} but the frames stored in {data_dir} "
+                 f"have a short side of {short} ({where}); fix with "
+                 f"--config.input.crop_size={short} (or rebuild the data with --short-side "
+                 f">= {inp.crop_size})")
+  return out
+
+
+def for_training(config: ml_collections.ConfigDict,
+                 with_eval: bool) -> ml_collections.ConfigDict:
+  """`check` for a training run (plus its in-training validation protocol when `with_eval`)."""
+  from fstfl_jax import evaluate  # Imported here: evaluate pulls in the model and the pipeline.
+  protocols = (evaluate.training_protocol(config),) if with_eval else ()
+  return check(config, train=True, eval_protocols=protocols)
+
+
+def check(config: ml_collections.ConfigDict, *, train: bool,
+          eval_protocols: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Checks `config` against `config.input.data_dir`; returns it with the train size resolved.
+
+  Args:
+    config: the full config.
+    train: the run trains (checks the train split and resolves `train.num_train_examples`).
+    eval_protocols: names in `config.evals` the run evaluates (their splits are checked).
+
+  Returns:
+    A copy of `config` whose `train.num_train_examples` is the train split's size when it was 0.
+
+  Raises:
+    ConsistencyError: listing every mismatch (see the module docstring).
+  """
+  meta = records.read_info(config.input.data_dir)
+  problems = mismatches(config, meta, train=train, eval_protocols=eval_protocols)
+  if problems:
+    raise ConsistencyError("The config does not fit the data dir "
+                           f"{config.input.data_dir}:\n  " + "\n  ".join(problems))
+  config = config.copy_and_resolve_references()
+  if not train:
+    return config
+  size = meta.split_sizes[config.input.train_split]
+  configured = config.train.num_train_examples
+  if configured <= 0:
+    config.train.num_train_examples = size
+    logging.info("An epoch is the %d records of %s split %r.", size, meta.data_dir,
+                 config.input.train_split)
+  elif configured != size:
+    logging.warning("config.train.num_train_examples=%d differs from the %d records of %s split "
+                    "%r; the schedule uses %d (set it to 0 to follow the data).", configured, size,
+                    meta.data_dir, config.input.train_split, configured)
+  return config
