@@ -61,11 +61,18 @@ def resolve_config_args(argv: Sequence[str], name: str = "config") -> list[str]:
   return out
 
 
+# Library warnings about choices this project makes on purpose (one per checkpoint otherwise):
+# Orbax's, when a step without eval metrics is saved next to steps ranked by validation top-1.
+_EXPECTED_WARNINGS = ("Requested `tracked_metric`; did not provide metrics.",)
+
+
 class _QuietThirdParty(py_logging.Filter):
-  """Drops INFO and DEBUG records logged from outside this project's packages."""
+  """Drops INFO/DEBUG records and expected warnings logged outside this project's packages."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or record.pathname.startswith(_OWN_DIRS)
+    if record.pathname.startswith(_OWN_DIRS):
+      return True
+    return record.levelno >= py_logging.WARNING and record.getMessage() not in _EXPECTED_WARNINGS
 
 
 _FILTER = _QuietThirdParty()
