@@ -28,9 +28,9 @@ Any other key (e.g. `layer3.6.*` from a ResNet-101) is an error unless `allow_ex
 """
 
 import dataclasses
+import io
 import logging
 import os
-import pathlib
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -163,14 +163,14 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], *,
   return traverse_util.unflatten_dict(flat)
 
 
-def _torch_to_numpy(path: str) -> dict[str, np.ndarray]:
+def _torch_to_numpy(path: str, data: io.BytesIO) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
       f"Reading {path} needs PyTorch (`pip install torch`, CPU build is enough). Alternatively "
       "pass the same tensors as .safetensors or .npz (same keys).") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  obj = torch.load(data, map_location="cpu", weights_only=True)
   # Training checkpoints wrap the tensors; the torchvision file is the bare state dict.
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
@@ -186,20 +186,25 @@ def _torch_to_numpy(path: str) -> dict[str, np.ndarray]:
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """Reads a torchvision-keyed state dict from .pth/.pt (needs torch), .safetensors or .npz."""
-  path = str(path)
-  suffix = pathlib.Path(path).suffix.lower()
-  if not os.path.exists(path):
+  """Reads a torchvision-keyed state dict from .pth/.pt (needs torch), .safetensors or .npz.
+
+  `path` may be local or `gs://`.
+  """
+  path = os.fspath(path)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in _SUFFIXES:
+    raise ConversionError(
+      f"{path}: unsupported file type {suffix!r}; expected one of {_SUFFIXES}.")
+  if not storage.path(path).exists():
     raise FileNotFoundError(f"Weights file {path} does not exist.")
+  data = io.BytesIO(storage.path(path).read_bytes())
   if suffix in (".pth", ".pt"):
-    return _torch_to_numpy(path)
+    return _torch_to_numpy(path, data)
   if suffix == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return load_file(path)
-  if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
-  raise ConversionError(f"{path}: unsupported file type {suffix!r}; expected one of {_SUFFIXES}.")
+    from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+    return load(data.getvalue())
+  with np.load(data, allow_pickle=False) as arrays:
+    return {k: arrays[k] for k in arrays.files}
 
 
 def convert_file(path: str | os.PathLike[str], **kwargs: Any) -> Variables:
