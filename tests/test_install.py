@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -29,9 +30,16 @@ def test_console_script_runs_outside_the_checkout(tmp_path):
 
 
 def test_non_editable_install_carries_every_package(tmp_path):
+  # A copy of the tracked files: the build leaves build/ and *.egg-info/ in its source tree.
+  tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+  source = tmp_path / "source"
+  for name in tracked:
+    (source / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / name, source / name)
   target = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                  str(target), str(ROOT)], check=True, capture_output=True, timeout=600)
+                  str(target), str(source)], check=True, capture_output=True, timeout=600)
   installed = {p.name for p in target.iterdir()}
   assert {"fstfl_jax", "data_pipelines", "configs"} <= installed
   assert (target / "configs" / "sthv1.py").exists()
