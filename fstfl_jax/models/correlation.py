@@ -137,10 +137,15 @@ def correlate(x: jax.Array, *, max_disp: int, offsets: Sequence[int], boundary: 
   return jnp.stack(volumes, axis=4)
 
 
-def resolve_impl(impl: str) -> str:
-  """Maps "auto" to the implementation chosen for the default backend; checks the name."""
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+  """Maps "auto" to the implementation chosen for `backend` (default: JAX's default backend).
+
+  Ahead-of-time compiles for another platform (`fstfl_jax.tools.aot`) pass that platform.
+  """
   _check_choice("impl", impl, IMPLS + ("auto",))
-  return _AUTO_IMPL.get(jax.default_backend(), "allpairs") if impl == "auto" else impl
+  if impl != "auto":
+    return impl
+  return _AUTO_IMPL.get(backend or jax.default_backend(), "allpairs")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
