@@ -6,6 +6,7 @@ import pytest
 
 from configs import demo
 from fstfl_jax.tools import aot  # Before any TPU client starts: sets the libtpu environment.
+from fstfl_jax.models import correlation
 from fstfl_jax.tools import model_info
 from fstfl_jax.tools import roofline
 
@@ -77,6 +78,8 @@ def report():
 def test_train_step_compiles_and_fits(report):
   train = report["train"]
   assert report["num_chips"] == 4 and report["global_batch"] == 8
+  # impl="auto" compiles the TPU choice, not the host's (cpu: allpairs).
+  assert report["correlation_impl"] == correlation.resolve_impl("auto", "tpu") == "banded"
   assert train["clips_per_chip"] == 2
   assert train["fits"] and 0 < train["hbm_bytes_per_chip"] <= V5E.hbm_bytes
   assert train["step_seconds_estimate"] > 0 and 0 < train["mfu_estimate"] <= 1

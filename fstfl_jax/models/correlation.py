@@ -28,14 +28,16 @@ import numpy as np
 IMPLS = ("loop", "einsum", "allpairs", "banded")
 BOUNDARIES = ("zero", "clamp", "circular")
 
-# impl="auto" per backend. GPU/TPU: all-pairs runs as dense matmuls on tensor cores / the MXU,
-# while the exact per-displacement work is bandwidth-bound (stc.md §3.4). CPU: all-pairs was also
-# the fastest at the res3 default (8 clips x 8 frames, 28x28, C=512, D=6, offsets 0..3) in
-# `benchmarks/correlation.py` (shared 2-core machine, noisy): fwd+bwd 8.6 s and 1.67 GiB temp
-# memory, against 15.0 s / 2.37 GiB for "banded" and 55 s / 2.36 GiB for "einsum". "banded" remains
-# the choice for large windows or maps (res2, D=ceil(X/2) at 56x56), where the D-padded all-pairs
-# volume gets too big.
-_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "allpairs"}
+# impl="auto" per backend. CPU: all-pairs was the fastest at the res3 default (8 clips x 8 frames,
+# 28x28, C=512, D=6, offsets 0..3) in `benchmarks/correlation.py` (shared 2-core machine, noisy):
+# fwd+bwd 8.6 s and 1.67 GiB temp memory, against 15.0 s / 2.37 GiB for "banded" and 55 s /
+# 2.36 GiB for "einsum". TPU: "banded", from the TPU compiler's numbers
+# (`benchmarks/correlation_tpu.py`, v5e, bf16, 4 clips x 8 frames per chip, fwd+bwd): at the res3
+# default it moves 7.4 GB per step against 25.1 GB for all-pairs (whose D-padded [HW x (H+2D)W]
+# volume is mostly padding the skew then discards), and at res2 12.4 GB against 160 GB; the
+# kernel is memory-bound either way. GPU: all-pairs (dense matmuls for tensor cores), not
+# measured on a GPU.
+_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "banded"}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
