@@ -204,9 +204,11 @@ def _gib(n: float | None) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
   """Human-readable lines of `run`'s report."""
+  impl = report["correlation_impl"]
   lines = [f"{report['config']} on {report['topology']} ({report['num_chips']} chips, "
-           f"HBM {_gib(report['chip']['hbm_bytes'])}/chip); correlation impl "
-           f"{report['correlation_impl']}. Compiler estimates per chip, not measurements."]
+           f"HBM {_gib(report['chip']['hbm_bytes'])}/chip)"
+           f"{f'; correlation impl {impl}' if impl else ''}. "
+           "Compiler estimates per chip, not measurements."]
   steps = [("train", report["train"])] + [(f"eval {k}", v) for k, v in report["eval"].items()]
   for name, r in steps:
     if r.get("error"):
@@ -241,7 +243,8 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
   eval_per_chip_batch = eval_per_chip_batch or max(1, config.input.eval_batch_size // chips)
   report = dict(config=config_name, topology=topology, num_chips=chips,
                 chip=dataclasses.asdict(chip),
-                correlation_impl=for_tpu(config, chips).model.stc.impl,
+                correlation_impl=(for_tpu(config, chips).model.stc.impl
+                                  if config.model.name == "fstfl" else None),
                 global_batch=per_chip_batch * chips,
                 train=analyse(compile_train_step(config, mesh, per_chip_batch), chip, chips),
                 eval={name: analyse(compile_eval_step(config, mesh, name, eval_per_chip_batch),
