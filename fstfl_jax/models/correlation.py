@@ -28,12 +28,13 @@ import numpy as np
 IMPLS = ("loop", "einsum", "allpairs", "banded")
 BOUNDARIES = ("zero", "clamp", "circular")
 
-# impl="auto" per backend. GPU/TPU: all-pairs runs as dense matmuls on tensor cores / the MXU,
-# while the exact per-displacement work is bandwidth-bound. CPU: all-pairs was also the fastest
-# and the smallest in memory at the res3 default (numbers: the README's Benchmarks section).
-# "banded" remains the choice for large windows or maps (res2, D=ceil(X/2) at 56x56), where the
-# D-padded all-pairs volume gets too big (docs/correlation.md#choosing-an-implementation).
-_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "allpairs"}
+# impl="auto" per backend (measurements: the README's Benchmarks and "On TPU" sections;
+# docs/correlation.md#choosing-an-implementation). CPU: all-pairs was the fastest and the
+# smallest in memory at the res3 default. TPU: "banded", from the TPU compiler's numbers
+# (`benchmarks/correlation_tpu.py`): all-pairs' D-padded [HW x (H+2D)W] volume is mostly padding
+# that the skew then discards, and the kernel is memory-bound either way. GPU: all-pairs (dense
+# matmuls for tensor cores), not measured on a GPU.
+_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "banded"}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -135,10 +136,15 @@ def correlate(x: jax.Array, *, max_disp: int, offsets: Sequence[int], boundary: 
   return jnp.stack(volumes, axis=4)
 
 
-def resolve_impl(impl: str) -> str:
-  """Maps "auto" to the implementation chosen for the default backend; checks the name."""
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+  """Maps "auto" to the implementation chosen for `backend` (default: JAX's default backend).
+
+  Ahead-of-time compiles for another platform (`fstfl_jax.tools.aot`) pass that platform.
+  """
   _check_choice("impl", impl, IMPLS + ("auto",))
-  return _AUTO_IMPL.get(jax.default_backend(), "allpairs") if impl == "auto" else impl
+  if impl != "auto":
+    return impl
+  return _AUTO_IMPL.get(backend or jax.default_backend(), "allpairs")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

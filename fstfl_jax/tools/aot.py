@@ -1,0 +1,296 @@
+r"""Compiles the real train and eval steps for a Cloud TPU slice, on any machine, and estimates.
+
+  python -m fstfl_jax.tools.aot --config configs/sthv1.py:model=fstfl,frames=8 \
+      --topology v5e:16x16 [--per_chip_batch 2] [--max_batch] [--json out.json] \
+      [--config.model.dtype=bfloat16] [--eval_protocols all]
+
+No TPU is needed: with `jax[tpu]` installed (it brings libtpu) the TPU compiler runs on the host
+against a described topology (`jax.experimental.topologies`), with the same jitted functions,
+shardings and donation as `fstfl_jax.train` and `fstfl_jax.evaluate`. Per chip it reports the
+compiler's HBM use (train state, temporaries, total against the chip's capacity), FLOPs and
+bytes accessed, and from those a roofline step time, clips/s and MFU (`tools/roofline.py`).
+These are compiler estimates, not measurements. `correlation impl="auto"` resolves to the TPU
+choice, as it would on the slice.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+# libtpu looks for TPU hardware and metadata at start-up; describing a local single-host
+# accelerator quiets that search. JAX_PLATFORMS=cpu keeps JAX itself on the host.
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu takes a machine-wide lock file by default; a compile-only client need not (and other
+# JAX processes on the host, which also load the plugin, may hold it).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from etils import epath  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fstfl_jax import evaluate  # noqa: E402
+from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from fstfl_jax import train  # noqa: E402
+from fstfl_jax.models import correlation  # noqa: E402
+from fstfl_jax.tools import roofline  # noqa: E402
+
+# Substrings of the TPU compiler's error when a program needs more HBM than the chip has.
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Ran out of memory", "exceeds the memory")
+
+
+def topology_mesh(topology: str) -> jax.sharding.Mesh:
+  """The project's `('data',)` mesh over every chip of a described TPU topology ("v5e:2x2")."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  return jax.make_mesh((len(devices),), (sharding_lib.DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def for_tpu(config: ml_collections.ConfigDict, global_batch: int) -> ml_collections.ConfigDict:
+  """A copy of `config` as a TPU run would resolve it: `global_batch` clips, auto kernel -> TPU."""
+  config = config.copy_and_resolve_references()
+  config.input.batch_size = global_batch  # Also what the lr schedule scales with.
+  config.model.stc.impl = correlation.resolve_impl(config.model.stc.impl, "tpu")
+  return config
+
+
+def tree_bytes(tree: Any) -> int:
+  return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One compiled step (None when the compiler ran out of HBM) and its train-state sizes."""
+  compiled: Any
+  state_bytes: dict[str, int]
+  clips_per_chip: int
+  error: str = ""
+
+
+def aot_compile(jitted: Any, mesh: jax.sharding.Mesh, *args: Any) -> tuple[Any, str]:
+  """AOT-compiles; an out-of-HBM error becomes (None, message) since it answers 'fits?'."""
+  try:
+    with jax.set_mesh(mesh):
+      return jitted.lower(*args).compile(), ""
+  except Exception as e:  # pylint: disable=broad-except
+    if any(m in str(e) for m in _OOM_MARKERS):
+      return None, str(e).splitlines()[0][:300]
+    raise
+
+
+def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  # Outside any TPU mesh context: build() makes a PRNG key eagerly, on the host.
+  model, tx, schedule, _, abstract = train.build(config, mesh)
+  sizes = dict(params=tree_bytes(abstract.params), batch_stats=tree_bytes(abstract.batch_stats),
+               opt_state=tree_bytes(abstract.opt_state))
+  return model, tx, schedule, abstract, sizes
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       per_chip_batch: int) -> Compiled:
+  """`train.make_train_step` jitted by `train.jit_train_step`, for `per_chip_batch` clips/chip.
+
+  Batch: video uint8 [B, T, S, S, 3], label int32 [B], B = per_chip_batch * chips, sharded on B.
+  """
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  config = for_tpu(config, per_chip_batch * mesh.size)
+  model, tx, schedule, abstract, sizes = _abstract_state(config, mesh)
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+  step = train.jit_train_step(train.make_train_step(model, tx, schedule, pipeline.normalize),
+                              mesh, state_sharding)
+  b, t, s = config.input.batch_size, config.model.num_frames, config.input.crop_size
+  data = sharding_lib.data_sharding(mesh)
+  batch = dict(video=jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8, sharding=data),
+               label=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data))
+  compiled, error = aot_compile(step, mesh, abstract, batch)
+  return Compiled(compiled, sizes, per_chip_batch, error)
+
+
+def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, protocol: str,
+                      per_chip_batch: int) -> Compiled:
+  """`evaluate.make_eval_step` for protocol `config.evals[protocol]` (all V views per video).
+
+  Batch: video uint8 [B, V, T, S, S, 3], label int32 [B], mask bool [B], B = per_chip_batch *
+  chips videos; `clips_per_chip` counts views (B * V / chips).
+  """
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  clips, crops = evaluate.protocol_views(config, protocol)
+  config = for_tpu(config, config.input.batch_size)
+  model, _, _, abstract, sizes = _abstract_state(config, mesh)
+  sizes.pop("opt_state")
+  variables = dict(params=abstract.params, batch_stats=abstract.batch_stats)
+  step = evaluate.make_eval_step(model, pipeline.normalize, config.model.num_classes,
+                                 config.evals[protocol].get("views_per_step"), False)
+  b, v = per_chip_batch * mesh.size, clips * crops
+  t, s = config.model.num_frames, config.input.crop_size
+  data = sharding_lib.data_sharding(mesh)
+  batch = dict(video=jax.ShapeDtypeStruct((b, v, t, s, s, 3), jnp.uint8, sharding=data),
+               label=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data),
+               mask=jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=data))
+  compiled, error = aot_compile(step, mesh, variables, batch)
+  return Compiled(compiled, sizes, per_chip_batch * v, error)
+
+
+def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[str, Any]:
+  """Per-chip HBM, cost and roofline estimates of one compiled step (all numbers per chip).
+
+  HBM in use = arguments + outputs - donated (aliased) outputs + temporaries + program code.
+  `optimal_seconds` is the compiler's own estimate, kept only when positive (it can be negative).
+  """
+  state = dict(result.state_bytes, total=sum(result.state_bytes.values()))
+  if result.compiled is None:
+    return dict(fits=False, error=result.error, state_bytes=state,
+                clips_per_chip=result.clips_per_chip)
+  mem = result.compiled.memory_analysis()
+  cost = result.compiled.cost_analysis()
+  hbm = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+         + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  flops, bytes_accessed = float(cost["flops"]), float(cost["bytes accessed"])
+  roof = roofline.roofline(flops, bytes_accessed, chip)
+  optimal = float(cost.get("optimal_seconds", -1.0))
+  return dict(
+    fits=hbm <= chip.hbm_bytes,
+    hbm_bytes_per_chip=hbm,
+    hbm_capacity_bytes=chip.hbm_bytes,
+    state_bytes=state,
+    argument_bytes=mem.argument_size_in_bytes,
+    temp_bytes=mem.temp_size_in_bytes,
+    flops_per_step=flops,
+    bytes_per_step=bytes_accessed,
+    step_seconds_estimate=roof["step_seconds"],
+    compute_seconds=roof["compute_seconds"],
+    memory_seconds=roof["memory_seconds"],
+    bound=roof["bound"],
+    optimal_seconds=optimal if optimal > 0 else None,
+    mfu_estimate=roofline.mfu(flops, roof["step_seconds"], chip),
+    clips_per_chip=result.clips_per_chip,
+    **roofline.throughput(result.clips_per_chip, num_chips, roof["step_seconds"]),
+  )
+
+
+def max_batch(fits: Any, limit: int = 4096) -> int:
+  """Largest n in [1, limit] with fits(n) True (fits monotone: True up to some n, then False).
+
+  Doubles until a failure, then bisects: O(log n) calls of the (slow) fits(n). 0 if not even 1.
+  """
+  if not fits(1):
+    return 0
+  good, bad = 1, None
+  while bad is None:
+    n = min(2 * good, limit)
+    if n == good:
+      return good
+    if fits(n):
+      good = n
+    else:
+      bad = n
+  while bad - good > 1:
+    mid = (good + bad) // 2
+    good, bad = (mid, bad) if fits(mid) else (good, mid)
+  return good
+
+
+def _gib(n: float | None) -> str:
+  return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """Human-readable lines of `run`'s report."""
+  impl = report["correlation_impl"]
+  lines = [f"{report['config']} on {report['topology']} ({report['num_chips']} chips, "
+           f"HBM {_gib(report['chip']['hbm_bytes'])}/chip)"
+           f"{f'; correlation impl {impl}' if impl else ''}. "
+           "Compiler estimates per chip, not measurements."]
+  steps = [("train", report["train"])] + [(f"eval {k}", v) for k, v in report["eval"].items()]
+  for name, r in steps:
+    if r.get("error"):
+      lines.append(f"{name}: does NOT fit ({r['error']})")
+      continue
+    opt = r["optimal_seconds"]
+    lines.append(
+      f"{name}: {r['clips_per_chip']} clips/chip | HBM {_gib(r['hbm_bytes_per_chip'])} "
+      f"(state {_gib(r['state_bytes']['total'])}, temp {_gib(r['temp_bytes'])}) "
+      f"{'fits' if r['fits'] else 'DOES NOT FIT'} | {r['flops_per_step'] / 1e12:.3f} TFLOP, "
+      f"{r['bytes_per_step'] / 1e9:.2f} GB | step {1e3 * r['step_seconds_estimate']:.2f} ms "
+      f"({r['bound']}-bound; compiler optimal "
+      f"{'n/a' if opt is None else f'{1e3 * opt:.2f} ms'}) | "
+      f"{r['clips_per_sec_per_chip']:.1f} clips/s/chip, {r['clips_per_sec_per_slice']:.0f} "
+      f"clips/s/slice | MFU {100 * r['mfu_estimate']:.1f}%")
+  if "max_per_chip_batch" in report:
+    lines.append(f"largest per-chip train batch that fits: {report['max_per_chip_batch']}")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int | None = None,
+        eval_protocols: tuple[str, ...] = (), eval_per_chip_batch: int | None = None,
+        find_max_batch: bool = False, config_name: str = "") -> dict[str, Any]:
+  """Compiles and analyses the train step and the eval step of each protocol; returns a report.
+
+  Per-chip batches default to the config's global batches split over the chips (at least 1).
+  """
+  chip = roofline.chip_spec(topology)
+  mesh = topology_mesh(topology)
+  chips = mesh.size
+  per_chip_batch = per_chip_batch or max(1, config.input.batch_size // chips)
+  eval_per_chip_batch = eval_per_chip_batch or max(1, config.input.eval_batch_size // chips)
+  report = dict(config=config_name, topology=topology, num_chips=chips,
+                chip=dataclasses.asdict(chip),
+                correlation_impl=(for_tpu(config, chips).model.stc.impl
+                                  if config.model.name == "fstfl" else None),
+                global_batch=per_chip_batch * chips,
+                train=analyse(compile_train_step(config, mesh, per_chip_batch), chip, chips),
+                eval={name: analyse(compile_eval_step(config, mesh, name, eval_per_chip_batch),
+                                    chip, chips) for name in eval_protocols})
+  if find_max_batch:
+    report["max_per_chip_batch"] = max_batch(
+      lambda n: analyse(compile_train_step(config, mesh, n), chip, chips)["fits"])
+  return report
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config
+  protocols = flags.FLAGS.eval_protocols
+  if protocols == "all":
+    names = tuple(sorted(config.evals))
+  elif protocols == "train":
+    names = (evaluate.training_protocol(config),)
+  else:
+    names = tuple(p for p in protocols.split(",") if p)
+  for name in names:
+    evaluate.protocol_views(config, name)  # One clear error for a bad name, before compiling.
+  report = run(config, flags.FLAGS.topology, per_chip_batch=flags.FLAGS.per_chip_batch,
+               eval_protocols=names, eval_per_chip_batch=flags.FLAGS.eval_per_chip_batch,
+               find_max_batch=flags.FLAGS.max_batch,
+               config_name=flags.FLAGS["config"].config_filename)
+  print(format_report(report), flush=True)
+  if flags.FLAGS.json:
+    epath.Path(flags.FLAGS.json).write_text(json.dumps(report, indent=1))
+  if not report["train"]["fits"]:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variants`.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.")
+  flags.DEFINE_integer("per_chip_batch", None,
+                       "Train clips per chip (default: input.batch_size / chips, at least 1).")
+  flags.DEFINE_integer("eval_per_chip_batch", None,
+                       "Eval videos per chip (default: input.eval_batch_size / chips, at least 1).")
+  flags.DEFINE_string("eval_protocols", "train",
+                      "Eval steps to compile: 'train' (the in-training protocol), 'all', "
+                      "'' (none) or names of config.evals separated by commas.")
+  flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
+  flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
