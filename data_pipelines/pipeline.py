@@ -12,7 +12,8 @@ slice to the same number of whole batches with masked-out (`mask=False`, `index=
 Batches are host numpy arrays of this process's clips (B = global batch / process_count):
   train: video uint8 [B, T, S, S, 3], label int32 [B]
   eval:  video uint8 [B, V, T, S, S, 3] (V = clips * crops, clip-major), label int32 [B],
-         mask bool [B], index int32 [B] (record index in the split, -1 on padding)
+         mask bool [B], index int32 [B] (record index in the split, -1 on padding),
+         video_id str [B] (the record's id, "" on padding)
 """
 
 from collections.abc import Iterator
@@ -92,7 +93,7 @@ class TrainClip(grain.transforms.RandomMap):
 
 
 class EvalClip(grain.transforms.Map):
-  """Position in this process's padded slice -> dict(video, label, mask, index)."""
+  """Position in this process's padded slice -> dict(video, label, mask, index, video_id)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader, *, clips: int,
                crops: int, process_index: int, process_count: int):
@@ -113,7 +114,7 @@ class EvalClip(grain.transforms.Map):
     if index >= len(self.reader):
       shape = (self.clips * self.crops, self.num_frames, self.crop_size, self.crop_size, 3)
       return dict(video=np.zeros(shape, np.uint8), label=np.int32(0), mask=np.bool_(False),
-                  index=np.int32(-1))
+                  index=np.int32(-1), video_id=np.str_(""))
     record = self.reader.read(index)
     # Seeded by record, so random test clips do not depend on batching or process count.
     rng = np.random.default_rng([self.seed, index])
@@ -124,7 +125,7 @@ class EvalClip(grain.transforms.Map):
                                    resize_short=self.resize_short, crop_size=self.crop_size,
                                    crops=self.crops) for clip in idx]
     return dict(video=np.concatenate(views), label=np.int32(record["label"]),
-                mask=np.bool_(True), index=np.int32(index))
+                mask=np.bool_(True), index=np.int32(index), video_id=np.str_(record["video_id"]))
 
 
 def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:
