@@ -1,8 +1,9 @@
 """Grain input pipelines over the video records of `data_pipelines.records`.
 
 Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat ->
-`random_map` (read record, sample frame indices, decode only those frames, multi-scale crop,
-flip) -> prefetch (reader threads, or worker processes when `num_workers > 0`) -> batch.
+`random_map` (read record, sample frame indices, decode only those frames, optional clip-level
+RandAugment, multi-scale crop, flip) -> prefetch (reader threads, or worker processes when
+`num_workers > 0`) -> batch.
 All randomness comes from grain's per-element rng, so the iterator state (`get_state`, or
 `grain.checkpoint.CheckpointSave` in an Orbax CheckpointManager) fully determines the stream.
 
@@ -24,6 +25,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from data_pipelines import randaugment
 from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
@@ -77,6 +79,7 @@ class TrainClip(grain.transforms.RandomMap):
     self.scales = tuple(cfg.scales)
     self.allow_flip = cfg.flip != "none"
     self.flip_labels = flip_labels
+    self.randaugment = randaugment.parse_spec(cfg.get("randaugment", ""))
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     record = self.reader.read(index)
@@ -85,7 +88,7 @@ class TrainClip(grain.transforms.RandomMap):
     frames = self.reader.frames(record, index, idx)
     video, flipped = transforms.augment_train(
       frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
-      scales=self.scales, allow_flip=self.allow_flip, rng=rng)
+      scales=self.scales, allow_flip=self.allow_flip, rng=rng, randaugment=self.randaugment)
     label = record["label"]
     if flipped and self.flip_labels is not None:
       label = self.flip_labels[label]
