@@ -17,11 +17,17 @@ The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
 Videos are written as h264 `.mp4` to `<out>/raw/<split>/<class>/` and then ingested with the
 `folder` layout of `data_pipelines.build` into `<out>/` (so the demo exercises the real decoder
-and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64.
+and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64. Existing
+clips are reused on a rerun only if `<out>/raw/render.json` shows the same seed, size, frames and
+renderer source; otherwise the command stops (a rerun into an old directory used to mix clips of
+an older renderer into the dataset).
 """
 
 import argparse
 import functools
+import hashlib
+import inspect
+import json
 import math
 import os
 
@@ -134,6 +140,41 @@ def _write_one(job: tuple[str, str, int, int, int, int, int]) -> None:
   write_mp4(path, render_clip(cls, rng, size, frames))
 
 
+RENDER_FILE = "render.json"
+
+
+def renderer_digest() -> str:
+  """sha1 of the source that decides a clip's pixels: a changed renderer changes the digest."""
+  parts = (_texture, _motion, _paste, render_clip, write_mp4, _write_one)
+  text = "".join(inspect.getsource(f) for f in parts) + repr(
+    (CLASS_NAMES, FPS, _SPEED, _FAST, _SPIN, _GROW, _MEAN, _STD, _BACKGROUND_CONTRAST))
+  return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _check_render_settings(raw: str, settings: dict) -> None:
+  """Records how `raw`'s clips are rendered; refuses to mix in clips rendered otherwise.
+
+  Existing clips are reused (rendering is the slow part), so clips from an older renderer or
+  other seed/size/frames would silently end up in the dataset next to new ones.
+  """
+  path = os.path.join(raw, RENDER_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old != settings:
+      diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+      raise ValueError(f"{raw} holds clips rendered with different {diff} ({path}); delete the "
+                       "output directory or use a new --out.")
+    return
+  if os.path.isdir(raw) and any(n.endswith(".mp4") for _, _, names in os.walk(raw)
+                                for n in names):
+    raise ValueError(f"{raw} holds clips without {RENDER_FILE} (rendered by an older version, "
+                     "possibly differently); delete the output directory or use a new --out.")
+  os.makedirs(raw, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(settings, f, indent=1, sort_keys=True)
+
+
 def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int = 16,
               size: int = 64, frames: int = 16, seed: int = 0,
               workers: int | None = None) -> build_lib.BuildResult:
@@ -141,6 +182,8 @@ def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int =
   if size % 2 or size < 16 or frames < 4:
     raise ValueError(f"size must be even and >= 16, frames >= 4; got {size}, {frames}.")
   workers = min(2, os.cpu_count() or 1) if workers is None else workers
+  _check_render_settings(os.path.join(out, "raw"), dict(seed=seed, size=size, frames=frames,
+                                                         renderer=renderer_digest()))
   jobs = []
   for split_index, (split, count) in enumerate(zip(SPLITS, (videos_per_class,
                                                             val_videos_per_class))):

@@ -82,3 +82,18 @@ def test_default_sizes_match_the_demo_config():
   assert demo["num_classes"] == len(make_demo.CLASS_NAMES)
   assert demo["train_size"] == defaults["videos_per_class"].default * len(make_demo.CLASS_NAMES)
   assert demo["val_size"] == defaults["val_videos_per_class"].default * len(make_demo.CLASS_NAMES)
+
+
+def test_rerun_reuses_clips_only_when_rendered_the_same_way(tmp_path, monkeypatch):
+  out = str(tmp_path)
+  kwargs = dict(videos_per_class=1, val_videos_per_class=1, size=16, frames=4, workers=0)
+  make_demo.make_demo(out, **kwargs)
+  make_demo.make_demo(out, **kwargs)  # Same settings: the clips and the build are reused.
+  with pytest.raises(ValueError, match=r"different \['seed'\]"):
+    make_demo.make_demo(out, seed=1, **kwargs)
+  monkeypatch.setattr(make_demo, "_BACKGROUND_CONTRAST", 0.5)  # A changed renderer.
+  with pytest.raises(ValueError, match=r"different \['renderer'\]"):
+    make_demo.make_demo(out, **kwargs)
+  (tmp_path / "raw" / make_demo.RENDER_FILE).unlink()  # Clips of unknown provenance.
+  with pytest.raises(ValueError, match="without render.json"):
+    make_demo.make_demo(out, **kwargs)
