@@ -186,3 +186,16 @@ def test_pipeline_is_deterministic_under_the_seed_and_restores(data_dir):
   assert any(not np.array_equal(x["video"], y["video"]) for x, y in zip(a, off))
   for x, y in zip(a, off):
     np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_recipes_turn_randaugment_on_only_for_gsf_reference():
+  from configs import sthv1
+  paper = sthv1.get_config("model=fstfl")
+  reference = sthv1.get_config("model=fstfl,recipe=gsf_reference")
+  assert paper.recipe == "paper" and paper.input.randaugment == ""
+  assert paper.optim.weight_decay == 1e-4
+  assert reference.input.randaugment == "rand-m9-mstd0.5"
+  assert ra.parse_spec(reference.input.randaugment) == M9
+  assert reference.optim.weight_decay == 5e-4
+  with pytest.raises(ValueError, match="Unknown recipe 'tsm'"):
+    sthv1.get_config("recipe=tsm")
