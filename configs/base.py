@@ -3,6 +3,7 @@
 Variants after the ':' of the config path (big_vision style), e.g.
   configs/sthv1.py:model=fstfl,frames=16,stc=res2-3
   model=tsn|gsf|fstfl   frames=T (model and input)   stc=res3|res2-4|none   runlocal
+  recipe=paper|gsf_reference (gsf_reference: + RandAugment rand-m9-mstd0.5, weight decay 5e-4)
 """
 
 import ml_collections
@@ -46,6 +47,7 @@ def make_config(dataset: str, arg: str | None, *, default_model: str = "fstfl",
     config.model.stc.stages = common.parse_stages(variants["stc"])
   config.input = common.input_config(dataset, frames)
   recipe.add_training(config, dataset)
+  recipe.apply_recipe(config, variants.get("recipe", "paper"))
   if dataset == "ucf101":
     config.model.dropout = 0.8  # Paper §4.2: fine-tuned from Kinetics-400 with dropout 0.8.
   config.evals = ml_collections.ConfigDict(EVALS[dataset])

@@ -27,6 +27,7 @@ _VARIANTS = {
   "model": str,
   "frames": int,
   "stc": str,
+  "recipe": str,
   "runlocal": lambda s: s.lower() in ("1", "true", "yes", ""),
 }
 
@@ -120,6 +121,9 @@ def input_config(dataset: str, num_frames: int) -> ml_collections.ConfigDict:
     resize_short=256,        # Eval resize before the centre/3/10 crops.
     scales=(1.0, 0.875, 0.75, 0.66),
     flip=facts["flip"],      # "none" | "flip" | "flip_swap_labels".
+    # "" (off, the paper) or timm notation, e.g. "rand-m9-mstd0.5" (GSF's reference recipe):
+    # one draw of ops/magnitudes per clip, applied to every frame (data_pipelines.randaugment).
+    randaugment="",
     batch_size=32,           # Global, in clips.
     eval_batch_size=32,
     shuffle_seed=0,

@@ -66,6 +66,25 @@ def checkpoint_config() -> ml_collections.ConfigDict:
   ))
 
 
+RECIPES = ("paper", "gsf_reference")
+
+
+def apply_recipe(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Switches `config` (in place) to recipe `name`.
+
+  paper: the FSTFL paper's recipe (the defaults: weight decay 1e-4, TSN crop and flip only).
+  gsf_reference: what GSF's released training script runs: RandAugment rand-m9-mstd0.5 on top
+  of crop and flip, and weight decay 5e-4.
+  """
+  if name not in RECIPES:
+    raise ValueError(f"Unknown recipe {name!r}; expected one of {RECIPES}.")
+  config.recipe = name
+  if name == "gsf_reference":
+    config.input.randaugment = "rand-m9-mstd0.5"
+    config.optim.weight_decay = 5e-4
+  return config
+
+
 def add_training(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
   """Adds the optim/train/checkpoint sections and the init paths for `dataset` in place."""
   config.optim = optim_config(num_epochs=NUM_EPOCHS.get(dataset, 60))

@@ -1,7 +1,7 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
   python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 150
-      --val-videos-per-class 16 --size 64 --frames 16 --seed 0 --workers 2]
+      --val-videos-per-class 16 --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
 
 Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
 (the actor) and two small random-texture distractors drifting in random directions, plus mild
@@ -17,11 +17,17 @@ The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
 Videos are written as h264 `.mp4` to `<out>/raw/<split>/<class>/` and then ingested with the
 `folder` layout of `data_pipelines.build` into `<out>/` (so the demo exercises the real decoder
-and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64.
+and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64. Existing
+clips are reused on a rerun only if `<out>/raw/render.json` shows the same seed, size, frames and
+renderer source; otherwise the command stops (a rerun into an old directory used to mix clips of
+an older renderer into the dataset).
 """
 
 import argparse
 import functools
+import hashlib
+import inspect
+import json
 import math
 import os
 
@@ -128,19 +134,63 @@ def write_mp4(path: str, clip: np.ndarray, fps: int = FPS) -> None:
     container.mux(stream.encode())
 
 
-def _write_one(job: tuple[str, str, int, int, int, int, int]) -> None:
-  path, cls, split_index, video, seed, size, frames = job
+def _write_one(job: tuple[str, str, int, int, int, int, int, bool]) -> None:
+  path, cls, split_index, video, seed, size, frames, rotate90 = job
   rng = np.random.default_rng([seed, split_index, CLASS_NAMES.index(cls), video])
-  write_mp4(path, render_clip(cls, rng, size, frames))
+  clip = render_clip(cls, rng, size, frames)
+  # Counter-clockwise: right -> up, up -> left, left -> down, down -> right.
+  write_mp4(path, np.ascontiguousarray(np.rot90(clip, 1, axes=(1, 2))) if rotate90 else clip)
+
+
+RENDER_FILE = "render.json"
+
+
+def renderer_digest() -> str:
+  """sha1 of the source that decides a clip's pixels: a changed renderer changes the digest."""
+  parts = (_texture, _motion, _paste, render_clip, write_mp4, _write_one)
+  text = "".join(inspect.getsource(f) for f in parts) + repr(
+    (CLASS_NAMES, FPS, _SPEED, _FAST, _SPIN, _GROW, _MEAN, _STD, _BACKGROUND_CONTRAST))
+  return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _check_render_settings(raw: str, settings: dict) -> None:
+  """Records how `raw`'s clips are rendered; refuses to mix in clips rendered otherwise.
+
+  Existing clips are reused (rendering is the slow part), so clips from an older renderer or
+  other seed/size/frames would silently end up in the dataset next to new ones.
+  """
+  path = os.path.join(raw, RENDER_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old != settings:
+      diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+      raise ValueError(f"{raw} holds clips rendered with different {diff} ({path}); delete the "
+                       "output directory or use a new --out.")
+    return
+  if os.path.isdir(raw) and any(n.endswith(".mp4") for _, _, names in os.walk(raw)
+                                for n in names):
+    raise ValueError(f"{raw} holds clips without {RENDER_FILE} (rendered by an older version, "
+                     "possibly differently); delete the output directory or use a new --out.")
+  os.makedirs(raw, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(settings, f, indent=1, sort_keys=True)
 
 
 def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int = 16,
-              size: int = 64, frames: int = 16, seed: int = 0,
-              workers: int | None = None) -> build_lib.BuildResult:
-  """Writes the raw videos (skipping existing ones) and builds the shards into `out`."""
+              size: int = 64, frames: int = 16, seed: int = 0, workers: int | None = None,
+              rotate90: bool = False) -> build_lib.BuildResult:
+  """Writes the raw videos (skipping existing ones) and builds the shards into `out`.
+
+  `rotate90` turns every clip by 90 degrees (class names kept), so the horizontal-motion classes
+  move vertically and the vertical ones horizontally: a control for axis effects.
+  """
   if size % 2 or size < 16 or frames < 4:
     raise ValueError(f"size must be even and >= 16, frames >= 4; got {size}, {frames}.")
   workers = min(2, os.cpu_count() or 1) if workers is None else workers
+  _check_render_settings(os.path.join(out, "raw"), dict(seed=seed, size=size, frames=frames,
+                                                         rotate90=rotate90,
+                                                         renderer=renderer_digest()))
   jobs = []
   for split_index, (split, count) in enumerate(zip(SPLITS, (videos_per_class,
                                                             val_videos_per_class))):
@@ -150,7 +200,7 @@ def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int =
       for video in range(count):
         path = os.path.join(folder, f"{cls}_{split}_{video:04d}.mp4")
         if not os.path.exists(path):
-          jobs.append((path, cls, split_index, video, seed, size, frames))
+          jobs.append((path, cls, split_index, video, seed, size, frames, rotate90))
   with build_lib.process_pool(workers if jobs else 0) as pool:
     for _ in build_lib.ordered_map(_write_one, jobs, pool):
       pass
@@ -167,9 +217,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--frames", type=int, default=16)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workers", type=int, default=None)
+  parser.add_argument("--rotate90", action="store_true",
+                      help="Turn every clip by 90 degrees (axis control; class names kept).")
   args = parser.parse_args(argv)
   result = make_demo(args.out, args.videos_per_class, args.val_videos_per_class, args.size,
-                     args.frames, args.seed, args.workers)
+                     args.frames, args.seed, args.workers, args.rotate90)
   print(f"{result.out}: {len(result.class_names)} classes, "
         + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
         + f", skipped {len(result.failures)}.")

@@ -1,8 +1,9 @@
 """Grain input pipelines over the video records of `data_pipelines.records`.
 
 Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat ->
-`random_map` (read record, sample frame indices, decode only those frames, multi-scale crop,
-flip) -> prefetch (reader threads, or worker processes when `num_workers > 0`) -> batch.
+`random_map` (read record, sample frame indices, decode only those frames, optional clip-level
+RandAugment, multi-scale crop, flip) -> prefetch (reader threads, or worker processes when
+`num_workers > 0`) -> batch.
 All randomness comes from grain's per-element rng, so the iterator state (`get_state`, or
 `grain.checkpoint.CheckpointSave` in an Orbax CheckpointManager) fully determines the stream.
 
@@ -12,7 +13,8 @@ slice to the same number of whole batches with masked-out (`mask=False`, `index=
 Batches are host numpy arrays of this process's clips (B = global batch / process_count):
   train: video uint8 [B, T, S, S, 3], label int32 [B]
   eval:  video uint8 [B, V, T, S, S, 3] (V = clips * crops, clip-major), label int32 [B],
-         mask bool [B], index int32 [B] (record index in the split, -1 on padding)
+         mask bool [B], index int32 [B] (record index in the split, -1 on padding),
+         video_id str [B] (the record's id, "" on padding)
 """
 
 import os
@@ -24,6 +26,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from data_pipelines import randaugment
 from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
@@ -77,6 +80,7 @@ class TrainClip(grain.transforms.RandomMap):
     self.scales = tuple(cfg.scales)
     self.allow_flip = cfg.flip != "none"
     self.flip_labels = flip_labels
+    self.randaugment = randaugment.parse_spec(cfg.get("randaugment", ""))
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     record = self.reader.read(index)
@@ -85,7 +89,7 @@ class TrainClip(grain.transforms.RandomMap):
     frames = self.reader.frames(record, index, idx)
     video, flipped = transforms.augment_train(
       frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
-      scales=self.scales, allow_flip=self.allow_flip, rng=rng)
+      scales=self.scales, allow_flip=self.allow_flip, rng=rng, randaugment=self.randaugment)
     label = record["label"]
     if flipped and self.flip_labels is not None:
       label = self.flip_labels[label]
@@ -93,7 +97,7 @@ class TrainClip(grain.transforms.RandomMap):
 
 
 class EvalClip(grain.transforms.Map):
-  """Position in this process's padded slice -> dict(video, label, mask, index)."""
+  """Position in this process's padded slice -> dict(video, label, mask, index, video_id)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader, *, clips: int,
                crops: int, process_index: int, process_count: int):
@@ -114,7 +118,7 @@ class EvalClip(grain.transforms.Map):
     if index >= len(self.reader):
       shape = (self.clips * self.crops, self.num_frames, self.crop_size, self.crop_size, 3)
       return dict(video=np.zeros(shape, np.uint8), label=np.int32(0), mask=np.bool_(False),
-                  index=np.int32(-1))
+                  index=np.int32(-1), video_id=np.str_(""))
     record = self.reader.read(index)
     # Seeded by record, so random test clips do not depend on batching or process count.
     rng = np.random.default_rng([self.seed, index])
@@ -125,7 +129,7 @@ class EvalClip(grain.transforms.Map):
                                    resize_short=self.resize_short, crop_size=self.crop_size,
                                    crops=self.crops) for clip in idx]
     return dict(video=np.concatenate(views), label=np.int32(record["label"]),
-                mask=np.bool_(True), index=np.int32(index))
+                mask=np.bool_(True), index=np.int32(index), video_id=np.str_(record["video_id"]))
 
 
 def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import simplejpeg
 
+from data_pipelines import randaugment as randaugment_lib
+
 FLIP_POLICIES = ("none", "flip", "flip_swap_labels")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,17 +177,22 @@ def crop_resize(frames: Sequence[np.ndarray], box: Box, size: int, flip: bool) -
 
 
 def augment_train(frames: Sequence[np.ndarray], *, height: int, width: int, crop_size: int,
-                  scales: Sequence[float], allow_flip: bool,
-                  rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-  """Multi-scale crop + resize + (p=.5) horizontal flip, shared by all frames.
+                  scales: Sequence[float], allow_flip: bool, rng: np.random.Generator,
+                  randaugment: randaugment_lib.Config | None = None) -> tuple[np.ndarray, bool]:
+  """[RandAugment +] multi-scale crop + resize + (p=.5) horizontal flip, shared by all frames.
 
   Args:
     frames: T uint8 [H, W, 3] frames of size (height, width), read once each, in order.
+    randaugment: a `data_pipelines.randaugment.Config`, or None (off). Its ops are drawn after
+      the box and flip (so those do not depend on it) and applied to the full frames before
+      the crop, as GSF's reference does.
   Returns:
     (uint8 [T, S, S, 3], whether the clip was mirrored).
   """
   box = sample_multiscale_box(height, width, crop_size, scales, rng)
   flip = bool(allow_flip and rng.random() < 0.5)
+  if randaugment is not None:
+    frames = randaugment_lib.AugmentedFrames(frames, randaugment_lib.sample_plan(randaugment, rng))
   return crop_resize(frames, box, crop_size, flip), flip
 
 

@@ -13,7 +13,8 @@ folded into the batch, eval mode) and the video score is the mean of the raw vie
 
 Outputs per protocol (process 0 writes): `<workdir>/eval_<name>_step<N>.json` (top-1, top-5,
 mean class accuracy, loss, video count, confusion matrix), `eval_<name>_step<N>_confusion.png`
-and, on request, `eval_<name>_step<N>_predictions.jsonl` (one line per video).
+and, on request, `eval_<name>_step<N>_predictions.jsonl` (one line per video with the logits of
+every class, the input of `fstfl_jax.ensemble`; format in `fstfl_jax.scores`).
 """
 
 import collections
@@ -34,6 +35,7 @@ from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import consistency
 from fstfl_jax import metrics as metrics_lib
+from fstfl_jax import scores
 from fstfl_jax import sharding
 from fstfl_jax import storage
 from fstfl_jax.models import build_model
@@ -144,7 +146,8 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
     model: linen module, `model.apply(variables, video [N, T, S, S, 3] float, train=False)`.
     variables: {'params', 'batch_stats'}, replicated on `mesh`.
     eval_iter: per-process batches (numpy) with video uint8 [B, V, T, S, S, 3], label int32 [B],
-      mask bool [B] (False on padding) and index int32 [B] (video id in the split).
+      mask bool [B] (False on padding), index int32 [B] (video id in the split) and,
+      optionally, video_id str [B] (the record ids, written with the predictions).
     mesh: the `('data',)` mesh; B must be divisible by its device count per process.
     num_classes: K.
     num_batches: batches to read (the iterator may be longer, e.g. repeating).
@@ -156,8 +159,9 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
   Returns:
     dict with top1, top5, mean_class_accuracy, loss (cross-entropy of the averaged logits),
     num_videos, nonfinite (videos with a NaN/Inf score, counted as wrong), confusion (np.int64
-    [K, K]) and, with `with_predictions`, `predictions`: a list of {index, label, top5,
-    top5_logits} per video.
+    [K, K]) and, with `with_predictions`, `predictions`: a list of `scores.prediction_rows` per
+    video (index, video_id when the batches carry one, label, top5, top5_logits, logits of
+    every class).
   """
   step_fn = make_eval_step(model, preprocess or pipeline.normalize, num_classes,
                            views_per_step, with_predictions)
@@ -172,9 +176,12 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
   def collect(out: dict) -> None:
     nonlocal confusion, support
     if with_predictions:
+      video_id = out.pop("video_id", None)
       gathered = multihost_utils.process_allgather(
         {k: out.pop(k) for k in ("logits", "label", "index", "mask")}, tiled=True)
-      predictions.extend(_prediction_rows(**gathered))
+      if video_id is not None:
+        video_id = scores.allgather_strings([str(v) for v in video_id])
+      predictions.extend(scores.prediction_rows(**gathered, video_id=video_id))
     host = jax.device_get(out)  # Blocks: bounds the number of computations in flight.
     confusion += host.pop("confusion")
     support += host.pop("support")
@@ -205,6 +212,8 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
       out = step_fn(variables, inputs)
       if with_predictions:
         out.update(label=inputs["label"], index=inputs["index"], mask=inputs["mask"])
+        if "video_id" in batch:
+          out["video_id"] = batch["video_id"]
       pending.append(out)
       if i == 0:
         progress.update(0)  # The first call compiled; the rate counts from here.
@@ -230,16 +239,6 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
   if with_predictions:
     result["predictions"] = sorted(predictions, key=lambda r: r["index"])
   return result
-
-
-def _prediction_rows(logits: np.ndarray, label: np.ndarray, index: np.ndarray,
-                     mask: np.ndarray) -> list[dict[str, Any]]:
-  """One dict per unmasked video: its index, label and the 5 best classes (stable order)."""
-  k = min(5, logits.shape[-1])
-  order = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
-  return [dict(index=int(index[r]), label=int(label[r]), top5=order[r].tolist(),
-               top5_logits=np.round(logits[r, order[r]], 5).tolist())
-          for r in np.flatnonzero(mask)]
 
 
 def save_confusion_png(confusion: np.ndarray, path: str, *, title: str = "",

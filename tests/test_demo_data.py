@@ -82,3 +82,41 @@ def test_default_sizes_match_the_demo_config():
   assert demo["num_classes"] == len(make_demo.CLASS_NAMES)
   assert demo["train_size"] == defaults["videos_per_class"].default * len(make_demo.CLASS_NAMES)
   assert demo["val_size"] == defaults["val_videos_per_class"].default * len(make_demo.CLASS_NAMES)
+
+
+def test_rerun_reuses_clips_only_when_rendered_the_same_way(tmp_path, monkeypatch):
+  out = str(tmp_path)
+  kwargs = dict(videos_per_class=1, val_videos_per_class=1, size=16, frames=4, workers=0)
+  make_demo.make_demo(out, **kwargs)
+  make_demo.make_demo(out, **kwargs)  # Same settings: the clips and the build are reused.
+  with pytest.raises(ValueError, match=r"different \['seed'\]"):
+    make_demo.make_demo(out, seed=1, **kwargs)
+  monkeypatch.setattr(make_demo, "_BACKGROUND_CONTRAST", 0.5)  # A changed renderer.
+  with pytest.raises(ValueError, match=r"different \['renderer'\]"):
+    make_demo.make_demo(out, **kwargs)
+  (tmp_path / "raw" / make_demo.RENDER_FILE).unlink()  # Clips of unknown provenance.
+  with pytest.raises(ValueError, match="without render.json"):
+    make_demo.make_demo(out, **kwargs)
+
+
+def test_rotate90_turns_horizontal_motion_vertical(tmp_path):
+  """The axis control: clip k of every class is the unrotated clip k turned counter-clockwise."""
+  plain, turned = str(tmp_path / "plain"), str(tmp_path / "turned")
+  kwargs = dict(videos_per_class=1, val_videos_per_class=1, size=32, frames=8, workers=0)
+  make_demo.make_demo(plain, **kwargs)
+  make_demo.make_demo(turned, rotate90=True, **kwargs)
+  right = make_demo.CLASS_NAMES.index("04_move_right_fast")
+  up = make_demo.CLASS_NAMES.index("02_move_up")
+
+  def frames(out, label):
+    record = next(r for r in records.open_split(out, "train") if r["label"] == label)
+    return np.stack([simplejpeg.decode_jpeg(f) for f in record["frames"]])
+
+  a, b = frames(plain, right), frames(turned, right)
+  # Same content up to the codecs (h264 + JPEG), turned by 90 degrees.
+  assert np.abs(np.rot90(a, 1, axes=(1, 2)).astype(int) - b).mean() < 6
+  assert np.abs(a.astype(int) - b).mean() > 15
+  fast = np.median(_shifts(b), axis=0)
+  assert fast[0] == 0 and fast[1] <= -2  # Moving right fast became moving up fast.
+  moved_up = np.median(_shifts(frames(turned, up)), axis=0)
+  assert moved_up[0] < 0 and moved_up[1] == 0  # Moving up became moving left.

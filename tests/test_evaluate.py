@@ -24,6 +24,7 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
+from fstfl_jax import scores
 from fstfl_jax import sharding
 
 K = 7                 # Classes: > 5 so that top-5 is not trivially 1.
@@ -345,6 +346,7 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
                               mesh=mesh1)
 
   apply = jax.jit(lambda x: model.apply(variables, pipeline.normalize(x), train=False))
+  video_logits = {}
   for name, (clips, crops) in (("val_1x1", (1, 1)), ("val_2x3", (CLIPS, CROPS))):
     batches = list(pipeline.make_eval_iter(evaluate.protocol_input(config, name), clips=clips,
                                            crops=crops))
@@ -354,6 +356,7 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
     assert video.shape[1] == clips * crops and (~mask).sum() == 1  # One padding row.
     logits = np.mean([np.asarray(apply(video[:, v])) for v in range(video.shape[1])], axis=0)
     want = hand_metrics(logits[mask].astype(np.float64), labels)
+    video_logits[name] = logits[mask]
     got = results[name]
     assert 0 < got["top1"] < 1 and got["top5"] > got["top1"], name  # Non-degenerate.
     assert got["num_videos"] == NUM_VAL
@@ -369,6 +372,11 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
   assert _png(workdir / "eval_val_2x3_step12_confusion.png").text["num_classes"] == str(DATA_K)
   lines = (workdir / "eval_val_1x1_step12_predictions.jsonl").read_text().splitlines()
   assert sorted(json.loads(line)["index"] for line in lines) == list(range(NUM_VAL))
+  # The score file an ensemble reads: every class's logit and the record ids, per video.
+  saved = scores.read_scores(scores.score_file(str(workdir), "val_2x3"))
+  np.testing.assert_array_equal(saved["index"], np.arange(NUM_VAL))
+  assert saved["video_id"] == [f"v{v}" for v in range(NUM_VAL)]
+  np.testing.assert_allclose(saved["logits"], video_logits["val_2x3"], rtol=1e-5, atol=1e-5)
 
   # The train loop's EvalFn: scalars of the cheapest protocol.
   scalars = evaluate.validate(config, types.SimpleNamespace(**variables), mesh1, 12)

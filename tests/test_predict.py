@@ -138,6 +138,7 @@ def eval_predictions(run):
   by_file = {}
   for row in result["predictions"]:
     video_id = split[row["index"]]["video_id"]  # "<class>/<stem>" in the folder layout.
+    assert row["video_id"] == video_id  # The score file names its videos.
     by_file[os.path.join(run["val_dir"], video_id + ".mp4")] = row
   return result, by_file
 

@@ -14,7 +14,6 @@ choice, as it would on the slice.
 """
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
@@ -30,14 +29,15 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from etils import epath  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from fstfl_jax import cli  # noqa: E402
 from fstfl_jax import evaluate  # noqa: E402
 from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from fstfl_jax import storage  # noqa: E402
 from fstfl_jax import train  # noqa: E402
 from fstfl_jax.models import correlation  # noqa: E402
 from fstfl_jax.tools import roofline  # noqa: E402
@@ -274,12 +274,13 @@ def main(argv: list[str]) -> None:
                config_name=flags.FLAGS["config"].config_filename)
   print(format_report(report), flush=True)
   if flags.FLAGS.json:
-    epath.Path(flags.FLAGS.json).write_text(json.dumps(report, indent=1))
+    storage.write_json(flags.FLAGS.json, report, indent=1)
   if not report["train"]["fits"]:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+  """Console script `fstfl-aot` (flags defined here: tests import this module)."""
   config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variants`.",
                                   lock_config=True)
   flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.")
@@ -293,4 +294,8 @@ if __name__ == "__main__":
   flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  console_main()
