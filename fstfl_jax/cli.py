@@ -61,9 +61,12 @@ def resolve_config_args(argv: Sequence[str], name: str = "config") -> list[str]:
   return out
 
 
-# Library warnings about choices this project makes on purpose (one per checkpoint otherwise):
-# Orbax's, when a step without eval metrics is saved next to steps ranked by validation top-1.
-_EXPECTED_WARNINGS = ("Requested `tracked_metric`; did not provide metrics.",)
+# Beginnings of library warnings about choices this project makes on purpose: Orbax's, when a
+# step without eval metrics is saved next to steps ranked by validation top-1 (one per
+# checkpoint), and when evaluation opens the checkpoints read-only.
+_EXPECTED_WARNINGS = ("Requested `tracked_metric`; did not provide metrics.",
+                      "Given directory is read only=",
+                      "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0.")
 
 
 class _QuietThirdParty(py_logging.Filter):
@@ -72,7 +75,8 @@ class _QuietThirdParty(py_logging.Filter):
   def filter(self, record: py_logging.LogRecord) -> bool:
     if record.pathname.startswith(_OWN_DIRS):
       return True
-    return record.levelno >= py_logging.WARNING and record.getMessage() not in _EXPECTED_WARNINGS
+    return (record.levelno >= py_logging.WARNING
+            and not record.getMessage().startswith(_EXPECTED_WARNINGS))
 
 
 _FILTER = _QuietThirdParty()

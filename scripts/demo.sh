@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The demo venv is CPU-only (requirements.txt). After scripts/test.sh it also holds libtpu (for
+# the TPU compile test), which would probe for a TPU at start-up and print libtpu warnings.
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 .venv/bin/python -m data_pipelines.make_demo --out demo_data
 .venv/bin/python -m fstfl_jax.main --config configs/demo.py --workdir workdirs/demo \
   --mode train_and_eval "$@"
