@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 _OWN_PACKAGES = ("fstfl_jax", "data_pipelines", "configs", "benchmarks")
 _OWN_DIRS = tuple(
@@ -93,6 +94,15 @@ def quiet_third_party_logs() -> None:
   for name in ("jax", "orbax", "tensorflow_datasets", "gcsfs", "google", "grain",
                "matplotlib", "urllib3", "absl.flags"):
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def define_config_flag() -> flags.FlagHolder:
+  """The required, locked `--config path.py[:variants]` flag every config-driven tool takes."""
+  holder = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/sthv1.py:frames=8 (configs/ is also found in the "
+    "installed package).", lock_config=True)
+  flags.mark_flags_as_required(["config"])
+  return holder
 
 
 def parse_flags(argv: list[str]) -> list[str]:

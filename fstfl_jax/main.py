@@ -16,14 +16,12 @@ from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from data_pipelines import records
 from fstfl_jax import cli
 from fstfl_jax import storage
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Config file, e.g. configs/sthv1.py:frames=8.", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and eval results go here.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "train: no validation; eval: evaluate a checkpoint; "
@@ -43,7 +41,7 @@ _EVAL_CHECKPOINT = flags.DEFINE_enum("eval_checkpoint", "latest", ["latest", "be
                                      "Which checkpoint --mode eval restores.")
 _EVAL_PREDICTIONS = flags.DEFINE_bool("eval_predictions", False,
                                       "Also write per-video predictions (JSONL).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def _auto_detected_multi_process() -> bool:

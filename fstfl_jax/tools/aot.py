@@ -32,7 +32,6 @@ from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from fstfl_jax import cli  # noqa: E402
 from fstfl_jax import evaluate  # noqa: E402
@@ -281,8 +280,7 @@ def main(argv: list[str]) -> None:
 
 def console_main() -> None:
   """Console script `fstfl-aot` (flags defined here: tests import this module)."""
-  config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variants`.",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.")
   flags.DEFINE_integer("per_chip_batch", None,
                        "Train clips per chip (default: input.batch_size / chips, at least 1).")
@@ -293,7 +291,6 @@ def console_main() -> None:
                       "'' (none) or names of config.evals separated by commas.")
   flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
-  flags.mark_flags_as_required(["config"])
   cli.run(main)
 
 

@@ -18,7 +18,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
 from fstfl_jax import cli
 from fstfl_jax import flops
@@ -135,11 +134,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console script `fstfl-model-info` (flags defined here: other modules import this one)."""
-  config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variants`.",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
   flags.DEFINE_integer("size", None, "Input height and width (default: input.crop_size or 224).")
-  flags.mark_flags_as_required(["config"])
   cli.run(main)
 
 
