@@ -16,6 +16,7 @@ running the same command again.
 import argparse
 import concurrent.futures
 import os
+import shutil
 from collections.abc import Sequence
 
 import tqdm
@@ -33,14 +34,14 @@ def _copy_file(src: str, dst: str) -> int:
   size = source.stat().length
   if target.exists() and target.stat().length == size:
     return 0
-  if storage.is_remote(target):
-    storage.write_bytes(target, source.read_bytes())
+  if storage.is_remote(target):  # Streamed; the object appears when the upload completes.
+    with source.open("rb") as fin, target.open("wb") as fout:
+      shutil.copyfileobj(fin, fout, _CHUNK)
     return size
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = os.fspath(target) + ".partial"
   with source.open("rb") as fin, open(tmp, "wb") as fout:
-    while chunk := fin.read(_CHUNK):
-      fout.write(chunk)
+    shutil.copyfileobj(fin, fout, _CHUNK)
   os.replace(tmp, os.fspath(target))
   return size
 

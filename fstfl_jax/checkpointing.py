@@ -98,7 +98,7 @@ def _resolve_dir(workdir: str) -> epath.Path:
   if path.is_dir():
     return path
   raise CheckpointNotFoundError(f"{workdir}: no such workdir (expected a training workdir with "
-                          "checkpoints/, or the checkpoints/ directory itself).")
+                                "checkpoints/, or the checkpoints/ directory itself).")
 
 
 def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.sharding.Mesh,
@@ -120,7 +120,7 @@ def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.shard
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointNotFoundError(f"{directory}: no checkpoint found (train first, or check the "
-                            "--workdir path).")
+                                  "--workdir path).")
   if step not in manager.all_steps():
     raise CheckpointNotFoundError(f"Step {step} not in {directory}; saved: {manager.all_steps()}.")
   if abstract_state is None:

@@ -6,6 +6,7 @@ import os
 import pytest
 from etils import epath
 
+from fstfl_jax import cli
 from fstfl_jax import metrics
 from fstfl_jax import storage
 
@@ -91,3 +92,25 @@ def test_tensorboard_events_reach_the_bucket(gcs):
   writer.close()
   data = storage.path(f"{logdir}/{names[0]}").read_bytes()
   assert data.count(b"train/loss") == 2
+
+
+def test_copy_data_dir_to_bucket_and_back_resumes(tmp_path, gcs):
+  import test_cli
+  from data_pipelines import copy_data
+  from data_pipelines import records
+  data = tmp_path / "data"
+  test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos-per-class", "1",
+                "--val-videos-per-class", "1", "--size", "32", "--frames", "4", "--workers", "0")
+  remote, back = f"{gcs}/copy/demo", tmp_path / "back"
+  files, size = copy_data.copy_data_dir(str(data), remote)
+  assert files > 0 and size > 0
+  assert copy_data.copy_data_dir(str(data), remote) == (0, 0)  # Rerun: everything is there.
+  copy_data.copy_data_dir(remote, str(back), splits=["validation"])
+  shards = [p.name for p in back.iterdir() if records.parse_shard_name(p.name)]
+  assert shards and all(records.parse_shard_name(n)[0] == "validation" for n in shards)
+  for name in shards + ["dataset_info.json", records.SETTINGS_FILE]:
+    assert (back / name).read_bytes() == (data / name).read_bytes(), name
+  assert records.read_info(str(back)).class_names == records.read_info(str(data)).class_names
+  assert len(records.open_split(str(back), "validation")) == 12
+  with pytest.raises(cli.UserError, match=r"no split\(s\) \[.test.\]"):
+    copy_data.plan(str(data), ["test"])
