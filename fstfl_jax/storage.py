@@ -109,8 +109,10 @@ def mirror_dir(local_dir: str, remote_dir: str | os.PathLike,
   """
   for name in sorted(os.listdir(local_dir)):
     local = os.path.join(local_dir, name)
+    if not os.path.isfile(local):
+      continue
     size = os.path.getsize(local)
-    if os.path.isfile(local) and uploaded.get(name) != size:
+    if uploaded.get(name) != size:
       with open(local, "rb") as f:
         write_bytes(path(remote_dir) / name, f.read())
       uploaded[name] = size
