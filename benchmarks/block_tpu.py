@@ -23,7 +23,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs import common  # noqa: E402
 from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from fstfl_jax.models import build_model  # noqa: E402
 from fstfl_jax.models.resnet import Bottleneck  # noqa: E402
+from fstfl_jax.models.video_net import block_parts  # noqa: E402
 
 # Stage -> (H = W, planes) of a ResNet-50 stage at 224x224.
 STAGES = {"res2": (56, 64), "res3": (28, 128), "res4": (14, 256), "res5": (7, 512)}
@@ -69,7 +71,8 @@ def compile_block(mesh, stage: str, use_gsf: bool, clips: int, frames: int):
   size, planes = STAGES[stage]
   cfg = common.model_config("gsf", 174, frames)
   cfg.dtype = "bfloat16"
-  block = Bottleneck(planes, 1, cfg, use_gsf)
+  conv, norm, gsf = block_parts(build_model(cfg), frames)
+  block = Bottleneck(planes, 1, conv, norm, gsf if use_gsf else None)
   n = clips * frames * mesh.size
   x = jax.ShapeDtypeStruct((n, size, size, 4 * planes), jnp.bfloat16,
                            sharding=sharding_lib.data_sharding(mesh))

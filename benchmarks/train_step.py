@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import sthv1
-from data_pipelines import pipeline
 from fstfl_jax import sharding
 from fstfl_jax import train
 
@@ -33,7 +32,7 @@ def measure(name: str, clips: int, frames: int, size: int, repeats: int) -> dict
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
   state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   step = train.jit_train_step(
-    train.make_train_step(model, tx, schedule, pipeline.normalize), mesh, state_sharding)
+    train.make_train_step(model, tx, schedule), mesh, state_sharding)
   rng = np.random.default_rng(0)
   batch = sharding.to_global(dict(
     video=rng.integers(0, 256, (clips, frames, size, size, 3), dtype=np.uint8),

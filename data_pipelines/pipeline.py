@@ -30,7 +30,6 @@ from data_pipelines import randaugment
 from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
-from data_pipelines.transforms import normalize  # noqa: F401  (public API of the pipeline)
 
 
 def _per_process(global_batch: int, process_count: int, what: str) -> int:

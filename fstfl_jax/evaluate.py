@@ -41,7 +41,6 @@ from fstfl_jax import storage
 from fstfl_jax.models import build_model
 
 Batch = Mapping[str, np.ndarray]
-Preprocess = Callable[[jax.Array], jax.Array]
 
 TOP_K = (1, 5)
 # Eval steps dispatched before the host blocks on the oldest one. On CPU, tens of collective
@@ -69,8 +68,8 @@ def _model_key(model: Any) -> Any:
     return type(model), repr(model)
 
 
-def make_eval_step(model: Any, preprocess: Preprocess, num_classes: int,
-                   views_per_step: int | None, with_logits: bool) -> Callable[..., dict]:
+def make_eval_step(model: Any, num_classes: int, views_per_step: int | None,
+                   with_logits: bool) -> Callable[..., dict]:
   """The jitted step `(variables, batch) -> sums` for one model; compiled once per batch shape.
 
   `batch` holds global arrays sharded `P('data')` on the video axis: video uint8
@@ -93,7 +92,7 @@ def make_eval_step(model: Any, preprocess: Preprocess, num_classes: int,
     chunks = jnp.moveaxis(video.reshape((b, v // per_call, per_call) + video.shape[2:]), 1, 0)
 
     def chunk_logit_sum(chunk):  # [B, c, T, S, S, 3] -> [B, K]
-      clips = preprocess(chunk.reshape((b * per_call,) + chunk.shape[2:]))
+      clips = chunk.reshape((b * per_call,) + chunk.shape[2:])
       logits = model.apply(variables, clips, train=False).astype(jnp.float32)
       return logits.reshape(b, per_call, -1).sum(axis=1)
 
@@ -113,7 +112,7 @@ def make_eval_step(model: Any, preprocess: Preprocess, num_classes: int,
       out["logits"] = logits
     return out
 
-  key = (_model_key(model), preprocess, num_classes, views_per_step, with_logits)
+  key = (_model_key(model), num_classes, views_per_step, with_logits)
   if key not in _STEP_CACHE:
     _STEP_CACHE[key] = jax.jit(step)
   return _STEP_CACHE[key]
@@ -138,12 +137,12 @@ def _check_batch(batch: Batch, i: int, num_classes: int) -> None:
 
 def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator[Batch], *,
                    mesh: jax.sharding.Mesh, num_classes: int, num_batches: int,
-                   preprocess: Preprocess | None = None, views_per_step: int | None = None,
+                   views_per_step: int | None = None,
                    with_predictions: bool = False, log_every: int = 50) -> dict[str, Any]:
   """Evaluates `variables` on `num_batches` batches of `eval_iter`.
 
   Args:
-    model: linen module, `model.apply(variables, video [N, T, S, S, 3] float, train=False)`.
+    model: linen module, `model.apply(variables, video [N, T, S, S, 3] uint8, train=False)`.
     variables: {'params', 'batch_stats'}, replicated on `mesh`.
     eval_iter: per-process batches (numpy) with video uint8 [B, V, T, S, S, 3], label int32 [B],
       mask bool [B] (False on padding), index int32 [B] (video id in the split) and,
@@ -151,7 +150,6 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
     mesh: the `('data',)` mesh; B must be divisible by its device count per process.
     num_classes: K.
     num_batches: batches to read (the iterator may be longer, e.g. repeating).
-    preprocess: uint8 clips -> normalised float; default `data_pipelines.pipeline.normalize`.
     views_per_step: views per model call (None: all views of the batch at once).
     with_predictions: also return per-video predictions (gathered to every process).
     log_every: batches between progress lines.
@@ -163,8 +161,7 @@ def evaluate_state(model: Any, variables: Mapping[str, Any], eval_iter: Iterator
     video (index, video_id when the batches carry one, label, top5, top5_logits, logits of
     every class).
   """
-  step_fn = make_eval_step(model, preprocess or pipeline.normalize, num_classes,
-                           views_per_step, with_predictions)
+  step_fn = make_eval_step(model, num_classes, views_per_step, with_predictions)
   totals = collections.Counter()
   confusion = np.zeros((num_classes, num_classes), np.int64)
   support = np.zeros(num_classes, np.int64)

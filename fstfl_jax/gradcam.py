@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import pipeline
 from fstfl_jax import cli
 from fstfl_jax import guards
 from fstfl_jax import predict
@@ -88,7 +87,7 @@ def make_layer_gradients(model: Any, layer: str) -> Callable[..., tuple[jax.Arra
 
   Args of the returned function:
     variables: {'params', 'batch_stats'}.
-    video: normalised float [B, T, S, S, 3].
+    video: uint8 [B, T, S, S, 3].
     class_index: int32 [B]; a negative entry means the clip's own top-1 class.
 
   Returns:
@@ -139,7 +138,7 @@ def upsample_normalise(cam: np.ndarray, size: int) -> np.ndarray:
 def compute(model: Any, variables: Mapping[str, Any], views: np.ndarray, layer: str,
             class_index: int | None = None) -> GradCam:
   """Grad-CAM of one clip `views` uint8 [1, T, S, S, 3] at `layer` for `class_index` (or top-1)."""
-  video = pipeline.normalize(views)
+  video = jnp.asarray(views)
   layers = available_layers(model, variables, video)
   if layer not in layers:
     raise ValueError(f"Layer {layer!r} is not an output of this model; it has {layers} "

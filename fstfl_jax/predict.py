@@ -33,7 +33,6 @@ from ml_collections.config_flags import config_flags
 import numpy as np
 from absl import logging
 
-from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import cli
@@ -122,8 +121,8 @@ class Predictor:
     self.clips, self.crops = clips, crops
     self.batch_size = -(-max(1, batch_size) // mesh.size) * mesh.size
     self.settings = video_io.decode_settings(config.input.data_dir)
-    self.step_fn = evaluate.make_eval_step(build_model(config.model), pipeline.normalize,
-                                           config.model.num_classes, views_per_step, True)
+    self.step_fn = evaluate.make_eval_step(build_model(config.model), config.model.num_classes,
+                                           views_per_step, True)
 
   def load(self, path: str) -> np.ndarray:
     """uint8 [V, T, S, S, 3]; raises `video_io.VideoError`."""

@@ -37,20 +37,18 @@ class DataModule(Protocol):
   def make_train_iter(self, input_cfg: ml_collections.ConfigDict, *, process_index: int,
                       process_count: int, seed: int) -> Iterator[Batch]: ...
 
-  def normalize(self, video: jax.Array) -> jax.Array: ...
-
 
 # Called as eval_fn(config, state, mesh, step) -> {"top1": ..., ...} (host floats).
 EvalFn = Callable[[ml_collections.ConfigDict, ts.TrainState, jax.sharding.Mesh, int],
                   dict[str, float]]
 
 
-def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    normalize: Callable[[jax.Array], jax.Array]
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule
                     ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, Metrics]]:
   """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
 
-  `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]. Run under `jax.jit`
+  `batch`: video uint8 [B, T, S, S, 3] (B = global clips; the model normalises it), label int32
+  [B]. Run under `jax.jit`
   with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
   so XLA all-reduces gradients and BN statistics across devices (SyncBN).
   """
@@ -58,8 +56,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
     # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    video = normalize(batch["video"])
-    labels = batch["label"]
+    video, labels = batch["video"], batch["label"]
 
     def loss_fn(params):
       logits, updates = model.apply(
@@ -216,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     model, tx, schedule, init_fn, abstract = build(config, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     guard_names = guards.quantity_names(abstract.params, abstract.batch_stats)
-    train_step = jit_train_step(make_train_step(model, tx, schedule, data.normalize),
+    train_step = jit_train_step(make_train_step(model, tx, schedule),
                                 mesh, state_sharding)
 
     # -------------------------------------------------------------------------- Input.

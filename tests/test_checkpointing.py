@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from configs import common, recipe
-from data_pipelines import pipeline
 from fstfl_jax import checkpointing
 from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
@@ -60,8 +59,6 @@ class _Batches(grain.transforms.Map):
 
 class SyntheticData:
   """A `train.DataModule` with a checkpointable grain iterator over synthetic clips."""
-
-  normalize = staticmethod(pipeline.normalize)
 
   def __init__(self, cfg, events=None):
     self.cfg, self.events = cfg, dict(events or {})

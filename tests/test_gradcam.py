@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from configs import common
-from data_pipelines import pipeline
 from data_pipelines import sampling
 from fstfl_jax import gradcam
 from fstfl_jax import predict
@@ -22,7 +21,7 @@ from fstfl_jax import sharding
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 from fstfl_jax.models.resnet import Bottleneck, stage_planes
-from fstfl_jax.models.video_net import STAGE_NAMES
+from fstfl_jax.models.video_net import STAGE_NAMES, block_parts
 
 import test_predict  # The trained run is shared with test_predict.py (one per session).
 
@@ -30,7 +29,7 @@ import test_predict  # The trained run is shared with test_predict.py (one per s
 def capture(model, variables, views) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(logits [B, K], stage outputs sown into 'intermediates': name -> [B*T, h, w, C])."""
   logits, state = jax.jit(lambda v, x: model.apply(
-    v, pipeline.normalize(x), train=False, mutable=["intermediates"]))(variables, views)
+    v, x, train=False, mutable=["intermediates"]))(variables, views)
   return np.asarray(logits), {k: np.asarray(v[0], np.float32)
                               for k, v in state["intermediates"].items()}
 
@@ -93,18 +92,19 @@ def test_res5_gradcam_is_cam_of_the_classifier(name):
     gradcam.compute(model, variables, views, "res3_stc" if name != "fstfl" else "res9")
 
 
-def rest_of_network(cfg, variables, layer):
+def rest_of_network(cfg, model, variables, layer):
   """The model after `layer`, rebuilt from its blocks: [T, h, w, C] -> logits [K] (one clip)."""
   params, stats = variables["params"], variables["batch_stats"]
   start = STAGE_NAMES.index(layer.removesuffix("_stc")) + 1
   assert not set(cfg.stc.stages) & set(STAGE_NAMES[start:])  # No STC after the split point.
-  planes = stage_planes(cfg)
+  planes = stage_planes(cfg.width, len(cfg.stage_sizes))
+  parts = block_parts(model, cfg.num_frames)
 
   def tail(x):
     for i in range(start, len(cfg.stage_sizes)):
       for j in range(cfg.stage_sizes[i]):
         name = f"layer{i + 1}_{j}"
-        block = Bottleneck(planes[i], 2 if j == 0 else 1, cfg, cfg.name != "tsn")
+        block = Bottleneck(planes[i], 2 if j == 0 else 1, *parts)
         x = block.apply({"params": params[name], "batch_stats": stats[name]}, x, False)
     pooled = x.mean(axis=(1, 2))
     logits = pooled @ params["fc"]["kernel"] + params["fc"]["bias"]
@@ -118,7 +118,7 @@ def test_gradcam_equals_hand_computation_on_split_model(trained, layer):
   cfg, model, variables = trained["config"].model, trained["model"], trained["variables"]
   views = next(iter(trained["views"].values()))
   logits, acts = capture(model, variables, views)
-  tail = rest_of_network(cfg, variables, layer)
+  tail = rest_of_network(cfg, model, variables, layer)
   np.testing.assert_allclose(jax.jit(tail)(acts[layer]), logits[0], rtol=1e-4, atol=1e-5)
   jacobian = np.asarray(jax.jit(jax.jacrev(tail))(jnp.asarray(acts[layer])))  # [K, T, h, w, C]
   for c in range(len(test_predict.CLASSES)):

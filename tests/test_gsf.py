@@ -2,16 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from fstfl_jax.models import gsf as gsf_lib
-
-
-def _cfg(num_frames: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-    num_frames=num_frames, dtype="float32", bn_momentum=0.9, bn_eps=1e-5, bn_group_size=0))
 
 
 def _conv_same(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -69,7 +63,7 @@ def test_gsf_matches_numpy_reference(channels, ratio, t):
   b, h, w = 2, 3, 4
   key = jax.random.key(channels + t)
   x = jax.random.normal(key, (b * t, h, w, channels))
-  module = gsf_lib.GSF(num_frames=t, ratio=ratio, cfg=_cfg(t))
+  module = gsf_lib.GSF(num_frames=t, ratio=ratio)
   variables = module.init(jax.random.key(1), x, train=False)
   c_g = gsf_lib.gated_channels(channels, ratio)
   # Non-trivial BN statistics so that the gate path is really exercised.
@@ -86,7 +80,7 @@ def test_gsf_matches_numpy_reference(channels, ratio, t):
 
 def test_gsf_param_count_is_29cg_plus_40():
   for channels in (256, 512, 1024, 2048):
-    module = gsf_lib.GSF(num_frames=2, ratio=25, cfg=_cfg(2))
+    module = gsf_lib.GSF(num_frames=2, ratio=25)
     shapes = jax.eval_shape(
       lambda: module.init(jax.random.key(0), jnp.zeros((2, 2, 2, channels)), train=False))
     c_g = channels // 4
@@ -95,7 +89,7 @@ def test_gsf_param_count_is_29cg_plus_40():
 
 def test_gsf_never_mixes_clips():
   t = 4
-  module = gsf_lib.GSF(num_frames=t, ratio=50, cfg=_cfg(t))
+  module = gsf_lib.GSF(num_frames=t, ratio=50)
   x = jax.random.normal(jax.random.key(3), (2 * t, 3, 3, 16))
   variables = module.init(jax.random.key(1), x, train=False)
   y0 = module.apply(variables, x, train=False)

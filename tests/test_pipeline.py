@@ -14,7 +14,6 @@ import simplejpeg
 from configs.common import input_config
 from data_pipelines import pipeline
 from data_pipelines import records
-from data_pipelines import transforms
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
 NUM_TRAIN, NUM_VAL = 12, 7
@@ -257,10 +256,6 @@ def test_corrupt_jpeg_names_dir_split_record_video_and_frame(tmp_path):
     assert part in message
   with pytest.raises(ValueError, match=r"split 'train' record 4 \(video_id 'vid004'\) frame"):
     take(pipeline.make_train_iter(config(path, batch_size=1)), 5)
-
-
-def test_normalize_is_the_public_one():
-  assert pipeline.normalize is transforms.normalize
 
 
 def test_worker_processes_give_the_thread_stream_and_resume(data_dir):

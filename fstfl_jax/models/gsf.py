@@ -14,6 +14,7 @@ consecutive. GSF sits between conv3 and bn3 of every bottleneck.
 Parameter count per module: 29*C_g + 40.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -100,11 +101,13 @@ class GSF(nn.Module):
   Attributes:
     num_frames: T (static: the module reshapes [B*T] -> [B, T]).
     ratio: percent of channels gated.
-    cfg: the model config (BN momentum/eps, dtype, ghost-BN group size).
+    norm: the BatchNorm of the gate's `[B, T, H, W, C_g]` input (ghost groups count clips).
+    dtype: compute dtype.
   """
   num_frames: int
   ratio: float
-  cfg: Any
+  norm: Callable[..., nn.Module] = layers.BatchNorm
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -113,11 +116,10 @@ class GSF(nn.Module):
     b = n // t
     c_g = gated_channels(c, self.ratio)
     half = c_g // 2
-    dtype = layers.compute_dtype(self.cfg)
+    dtype = self.dtype
 
     xg = x[..., :c_g].reshape(b, t, h, w, c_g)
-    u = nn.relu(layers.batch_norm(self.cfg, group_rows=self.cfg.bn_group_size, name="bn3d")(
-      xg, train))
+    u = nn.relu(self.norm(name="bn3d")(xg, train))
     gate = jnp.tanh(GateConv(dtype, name="conv3d")(u))
 
     outs = []

@@ -6,7 +6,6 @@ and it updates the running variance with the unbiased batch variance as PyTorch 
 converted checkpoints and the reference agree after training steps too.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -89,21 +88,8 @@ class BatchNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype)
 
 
-def batch_norm(cfg: Any, *, group_rows: int = 0, name: str | None = None,
-               zero_init: bool = False) -> BatchNorm:
-  """BatchNorm configured from a model config (momentum, eps, compute dtype)."""
-  return BatchNorm(
-    momentum=cfg.bn_momentum, epsilon=cfg.bn_eps, group_rows=group_rows,
-    dtype=compute_dtype(cfg), name=name,
-    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
-
-
-@functools.cache
-def _dtype(name: str) -> Any:
+def dtype_from_name(name: str) -> Any:
+  """`model.dtype` ("float32" | "bfloat16" | "float16") -> the compute dtype."""
   if name not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}.")
   return jnp.dtype(name)
-
-
-def compute_dtype(cfg: Any) -> Any:
-  return _dtype(cfg.dtype)
