@@ -5,12 +5,12 @@ r"""Classify video files with a trained checkpoint: top-k class names and probab
       [--topk 5] [--json] [--checkpoint latest|best] [--batch_size N] [--clips K --crops C]
 
 The config comes from `<workdir>/config.json` (written by `fstfl_jax.main`), or from
-`--config configs/<dataset>.py[:variants]`. Every file is decoded and transformed exactly as
-the eval pipeline does it (`fstfl_jax.video_io`), with the views of the protocol the training
-validated with (`config.train_eval`) unless --clips/--crops are given, and scored by the
-eval step itself (`evaluate.make_eval_step`): the softmax of the view-averaged logits. A
-folder stands for the video files below it. Class names come from the dataset metadata in
-`config.input.data_dir` (class indices if it is absent).
+`--config configs/<dataset>.py[:variants]` (`fstfl_jax.inference`). Every file is decoded and
+transformed exactly as the eval pipeline does it (`fstfl_jax.video_io`), with the views of the
+protocol the training validated with (`config.train_eval`) unless --clips/--crops are given,
+and scored by the eval step itself (`evaluate.make_eval_step`): the softmax of the
+view-averaged logits. A folder stands for the video files below it. Class names come from the
+dataset metadata in `config.input.data_dir` (class indices if it is absent).
 
 Output on stdout, one line per video: `PATH: name1 0.912, name2 0.041, ...`, or with --json one
 object per line: {"video", "step", "topk": [{"index", "class", "prob"}, ...]}. A file that
@@ -29,18 +29,14 @@ from typing import Any
 
 import jax
 import ml_collections
-from ml_collections.config_flags import config_flags
 import numpy as np
-from absl import logging
 
-from data_pipelines import records
-from fstfl_jax import checkpointing
 from fstfl_jax import cli
 from fstfl_jax import evaluate
 from fstfl_jax import guards
+from fstfl_jax import inference
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
-from fstfl_jax import storage
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 
@@ -48,58 +44,11 @@ ERROR_STATUS_ALL_FAILED = 1
 PROGRESS_EVERY_S = 10.0  # Seconds between progress lines on stderr.
 
 
-def load_config(workdir: str, config_spec: str | None = None) -> ml_collections.ConfigDict:
-  """`--config` (`path[:variants]`, as main.py takes it), else `<workdir>/config.json`."""
-  if config_spec:
-    return config_flags.ConfigFileFlagParser(name="config").parse(
-      cli.installed_config(config_spec))
-  path = storage.path(workdir) / "config.json"
-  if not path.exists():
-    raise storage.StorageError(f"{path}: missing; pass --config configs/<dataset>.py (the "
-                               "config the run was trained with).")
-  return ml_collections.ConfigDict(storage.read_json(path))
-
-
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The dataset's class names, or "class <i>" when its metadata is not on this machine."""
-  k = config.model.num_classes
-  try:
-    names = records.read_info(config.input.data_dir).class_names
-    problem = f"it names {len(names)} classes"
-  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types; fall back)
-    names, problem = [], " ".join(f"{type(e).__name__}: {e}".split())
-  if len(names) != k:
-    print(f"predict: warning: no names for the model's {k} classes in data dir "
-          f"{config.input.data_dir!r} ({problem}); printing class indices.", file=sys.stderr)
-    return [f"class {i}" for i in range(k)]
-  return names
-
-
 def default_views(config: ml_collections.ConfigDict) -> tuple[int, int, int | None]:
   """(clips, crops, views_per_step) of the protocol validated during training."""
   name = evaluate.training_protocol(config)
   clips, crops = evaluate.protocol_views(config, name)
   return clips, crops, config.evals[name].get("views_per_step")
-
-
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoint: str,
-                      mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], int]:
-  """({'params', 'batch_stats'} replicated on `mesh`, step) of the latest or best checkpoint.
-
-  Raises:
-    guards.NonFiniteError: the checkpoint holds NaN or Inf (its predictions would be NaN).
-  """
-  # Orbax warns on every read-only restore; those lines would bury the per-file output.
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    step = evaluate.checkpoint_step(config, workdir, checkpoint)
-    state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
-  finally:
-    logging.set_verbosity(verbosity)
-  variables = dict(params=state["params"], batch_stats=state["batch_stats"])
-  guards.check_finite_variables(variables, f"{workdir} checkpoint step {step}")
-  return variables, step
 
 
 class Predictor:
@@ -122,7 +71,7 @@ class Predictor:
     self.batch_size = -(-max(1, batch_size) // mesh.size) * mesh.size
     self.settings = video_io.decode_settings(config.input.data_dir)
     self.step_fn = evaluate.make_eval_step(build_model(config.model), config.model.num_classes,
-                                           views_per_step, True)
+                                           views_per_step)
 
   def load(self, path: str) -> np.ndarray:
     """uint8 [V, T, S, S, 3]; raises `video_io.VideoError`."""
@@ -170,14 +119,9 @@ class Predictor:
       return None, " ".join(str(e).split())  # One line, whatever FFmpeg said.
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.exp(logits - logits.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
-
-
 def top_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[dict[str, Any]]:
   """The k most probable classes of one video [K], ties in class order."""
-  probs = softmax(logits.astype(np.float64))
+  probs = inference.softmax(logits.astype(np.float64))
   order = np.argsort(-logits, kind="stable")[:k]
   return [dict(index=int(i), **{"class": names[i]}, prob=float(probs[i])) for i in order]
 
@@ -211,17 +155,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  config = load_config(args.workdir, args.config)
+  config = inference.load_config(args.workdir, args.config)
   clips, crops, views_per_step = default_views(config)
   if args.clips or args.crops:
     clips, crops, views_per_step = args.clips or clips, args.crops or crops, None
   mesh = sharding.make_mesh()
   try:
-    variables, step = restore_variables(config, args.workdir, args.checkpoint, mesh)
+    variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)
   except guards.NonFiniteError as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return ERROR_STATUS_ALL_FAILED
-  names = class_names(config)
+  names = inference.class_names(config, "predict")
   predictor = Predictor(config, variables, mesh, clips=clips, crops=crops,
                         batch_size=args.batch_size or mesh.size, views_per_step=views_per_step)
   paths = video_io.expand_paths(args.video)

@@ -38,9 +38,8 @@ class DataModule(Protocol):
                       process_count: int, seed: int) -> Iterator[Batch]: ...
 
 
-# Called as eval_fn(config, state, mesh, step) -> {"top1": ..., ...} (host floats).
-EvalFn = Callable[[ml_collections.ConfigDict, ts.TrainState, jax.sharding.Mesh, int],
-                  dict[str, float]]
+# Called as eval_fn(state, step) -> {"top1": ..., ...} (host floats).
+EvalFn = Callable[[ts.TrainState, int], dict[str, float]]
 
 
 def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule
@@ -192,7 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: checkpoints, metrics.jsonl and TensorBoard events go here.
     with_eval: validate every `train.eval_every_epochs` and at the end (`train.eval_at_end`).
     data: the input pipeline module; defaults to `data_pipelines.pipeline`.
-    eval_fn: validation function; defaults to `fstfl_jax.evaluate.validate`.
+    eval_fn: validation function; defaults to `fstfl_jax.evaluate.make_validator`'s, which
+      builds its eval step once for the run.
 
   Raises:
     guards.NonFiniteError: on a non-finite loss, gradient norm, parameter or BN statistic, naming
@@ -201,8 +201,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if data is None:
     from data_pipelines import pipeline as data  # Imported here so tests can inject data.
     config = consistency.for_training(config, with_eval)  # Fails fast on a config/data mismatch.
-  if eval_fn is None:
-    from fstfl_jax.evaluate import validate as eval_fn  # Imported here: only eval needs it.
 
   # ---------------------------------------------------------------- Mesh, model, optimizer.
   mesh = sharding_lib.make_mesh()
@@ -215,6 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     guard_names = guards.quantity_names(abstract.params, abstract.batch_stats)
     train_step = jit_train_step(make_train_step(model, tx, schedule),
                                 mesh, state_sharding)
+    if with_eval and eval_fn is None:
+      from fstfl_jax import evaluate  # Imported here: only eval needs it.
+      eval_fn = evaluate.make_validator(config, model, mesh)
 
     # -------------------------------------------------------------------------- Input.
     train_iter = data.make_train_iter(config.input, process_index=jax.process_index(),
@@ -277,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         eval_metrics = None
         if do_eval:
-          eval_metrics = {k: float(v) for k, v in eval_fn(config, state, mesh, step).items()}
+          eval_metrics = {k: float(v) for k, v in eval_fn(state, step).items()}
           logs.write(step, eval_metrics, "val")
           logging.info("val step %d: %s", step, eval_metrics)
         if do_ckpt or stop:

@@ -25,6 +25,7 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
+from fstfl_jax import inference
 from fstfl_jax import predict
 from fstfl_jax import sharding
 from fstfl_jax import train
@@ -131,8 +132,9 @@ def run():
 def eval_predictions(run):
   """The eval pipeline's per-video predictions (val_1x1) on the latest checkpoint, by file."""
   config, mesh = run["config"], sharding.make_mesh()
-  variables, _ = predict.restore_variables(config, run["workdir"], "latest", mesh)
-  result = evaluate.run_protocol(config, "val_1x1", build_model(config.model), variables, mesh,
+  variables, _ = inference.restore_variables(config, run["workdir"], "latest", mesh)
+  eval_step = evaluate.protocol_step(config, "val_1x1", build_model(config.model))
+  result = evaluate.run_protocol(config, "val_1x1", eval_step, variables, mesh,
                                  with_predictions=True)
   split = records.open_split(config.input.data_dir, "validation")
   by_file = {}
@@ -179,7 +181,7 @@ def test_top1_equals_eval_pipeline_prediction(run, eval_predictions, capsys):
     assert len(top) == len(CLASSES)      # --topk 5 is clamped to the 3 classes.
     assert [t["index"] for t in top] == row["top5"], line["video"]
     assert [t["class"] for t in top] == [CLASSES[i] for i in row["top5"]]
-    want = predict.softmax(np.asarray(row["top5_logits"], np.float64))
+    want = inference.softmax(np.asarray(row["top5_logits"], np.float64))
     np.testing.assert_allclose([t["prob"] for t in top], want, atol=1e-4)
 
 
@@ -272,9 +274,9 @@ def test_expand_paths_walks_folders_and_keeps_frame_folders(tmp_path):
 
 def test_class_names_fall_back_to_indices(run, capsys):
   config = run["config"].copy_and_resolve_references()
-  assert predict.class_names(config) == list(CLASSES)
+  assert inference.class_names(config, "predict") == list(CLASSES)
   config.input.data_dir = "/nonexistent"
-  assert predict.class_names(config) == ["class 0", "class 1", "class 2"]
+  assert inference.class_names(config, "predict") == ["class 0", "class 1", "class 2"]
   assert "/nonexistent" in capsys.readouterr().err
 
 
@@ -285,7 +287,7 @@ def test_devices_do_not_change_predictions(run):
   outs = []
   for devices in (1, 8):
     mesh = sharding.make_mesh(devices)
-    variables, _ = predict.restore_variables(config, run["workdir"], "latest", mesh)
+    variables, _ = inference.restore_variables(config, run["workdir"], "latest", mesh)
     predictor = predict.Predictor(config, variables, mesh, clips=1, crops=1, batch_size=1)
     outs.append(np.stack([logits for _, logits, _ in predictor.run(files)]))
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)

@@ -114,7 +114,7 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, protocol: str,
                       per_chip_batch: int) -> Compiled:
-  """`evaluate.make_eval_step` for protocol `config.evals[protocol]` (all V views per video).
+  """`evaluate.protocol_step` for protocol `config.evals[protocol]` (all V views per video).
 
   Batch: video uint8 [B, V, T, S, S, 3], label int32 [B], mask bool [B], B = per_chip_batch *
   chips videos; `clips_per_chip` counts views (B * V / chips).
@@ -124,8 +124,7 @@ def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   model, _, _, abstract, sizes = _abstract_state(config, mesh)
   sizes.pop("opt_state")
   variables = dict(params=abstract.params, batch_stats=abstract.batch_stats)
-  step = evaluate.make_eval_step(model, config.model.num_classes,
-                                 config.evals[protocol].get("views_per_step"), False)
+  step = evaluate.protocol_step(config, protocol, model)
   b, v = per_chip_batch * mesh.size, clips * crops
   t, s = config.model.num_frames, config.input.crop_size
   data = sharding_lib.data_sharding(mesh)
