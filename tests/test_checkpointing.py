@@ -80,7 +80,7 @@ def tiny_config(model: str = "gsf") -> ml_collections.ConfigDict:
   config.model.update(width=8, stage_sizes=(1, 1, 1, 1))
   config.input = common.input_config("demo", num_frames=4)
   config.input.update(crop_size=32, batch_size=8)
-  recipe.add_training(config, "demo")
+  recipe.add_training(config)
   config.train.update(num_train_examples=32, num_train_steps=TOTAL_STEPS, log_every_steps=1)
   config.checkpoint.update(every_steps=2, keep_latest=2, keep_best=1)
   return config

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from configs import demo
 from configs import sthv1
 from fstfl_jax.models import build_model
 from fstfl_jax.models import layers
@@ -162,6 +163,12 @@ def test_stc_settings_name_unknown_and_missing_keys():
   cfg.stc.max_dips = 3
   with pytest.raises(ValueError, match=r"unknown keys \['max_dips'\], missing keys \['remat'\]"):
     stc_settings(cfg.stc)
+
+
+def test_runlocal_is_applied_after_the_dataset_values():
+  config = demo.get_config("runlocal")  # demo.py sets batch 16 and logs every 10 steps.
+  assert config.input.batch_size == config.input.eval_batch_size == 2
+  assert (config.train.num_train_steps, config.train.log_every_steps) == (4, 1)
 
 
 @pytest.mark.parametrize("bad", ["model=vit", "frame=8", "stc=res7"])

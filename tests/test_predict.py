@@ -15,10 +15,13 @@ import tempfile
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import base
+from configs import common
+from configs import demo
 from data_pipelines import build as build_lib
 from data_pipelines import make_demo
 from data_pipelines import pipeline
@@ -83,7 +86,10 @@ def make_dataset(root: str) -> dict[str, np.ndarray]:
 
 
 def tiny_config(data_dir: str):
-  config = base.make_config("demo", f"model=fstfl,frames={T}")
+  # The demo's facts and protocols with the paper's recipe.
+  config = base.make_config("demo", common.parse_arg(f"model=fstfl,frames={T}"),
+                           num_classes=demo.NUM_CLASSES, flip=demo.FLIP)
+  config.evals, config.train_eval = ml_collections.ConfigDict(demo.EVALS), "val_1x1"
   config.model.num_classes = len(CLASSES)
   config.model.width = 8
   config.model.stage_sizes = (1, 1, 1, 1)
