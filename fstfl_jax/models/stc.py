@@ -23,6 +23,9 @@ import jax.numpy as jnp
 from fstfl_jax.models import correlation
 from fstfl_jax.models import layers
 
+# Name scope of the correlation's traced ops.
+CORRELATION_SCOPE = "correlation"
+
 
 @dataclasses.dataclass(frozen=True)
 class STCSettings:
@@ -104,9 +107,12 @@ class STC(nn.Module):
     mlps maps an offset index to its MLP; indices sharing one module are run together.
     """
     scfg = self.settings
-    s = correlation.correlate(
-      v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,
-      impl=scfg.impl, eps=scfg.norm_eps, remat=scfg.remat)  # [B, T, H, W, L, K] float32
+    # Named so that MAC counting (fstfl_jax.flops) can replace these traced ops, which depend on
+    # the implementation, with the exact count of the definition.
+    with jax.named_scope(CORRELATION_SCOPE):
+      s = correlation.correlate(
+        v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,
+        impl=scfg.impl, eps=scfg.norm_eps, remat=scfg.remat)  # [B, T, H, W, L, K] float32
     feats, done = [], set()
     for i, mlp in mlps.items():
       if i in done:
