@@ -12,18 +12,13 @@ import ml_collections
 
 from configs import base
 from configs import common
+from configs import sthv1
 
 # Facts: class count and split sizes as published (training uses the data dir's own sizes).
 NUM_CLASSES = 174
 TRAIN_SIZE, VAL_SIZE = 168_913, 24_777
 FLIP = "flip_swap_labels"
-# Test protocols (paper §4.3): name -> views; every protocol also reports top-5 and mean class
-# accuracy.
-EVALS = {
-  "val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-  # "random": independent TSN draws per clip, as GSF's code tests Something-Something.
-  "val_10x3": dict(clips=10, crops=3, clip_sampling="random"),
-}
+EVALS = sthv1.EVALS  # The paper tests both versions the same way.
 
 
 def get_config(arg=None):
