@@ -339,7 +339,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str =
                           with_predictions=with_predictions)
     clips, crops = protocol_views(config, name)
     path = reporting.write_results(workdir, name, step, result, class_names=class_names,
-                         protocol=dict(clips=clips, crops=crops, checkpoint=checkpoint))
+                                   protocol=dict(clips=clips, crops=crops, checkpoint=checkpoint))
     logging.info("eval %s step %d (%dx%d): top1 %.4f top5 %.4f mean-class %.4f on %d videos "
                  "-> %s", name, step, clips, crops, result["top1"], result["top5"],
                  result["mean_class_accuracy"], result["num_videos"], path)
