@@ -74,7 +74,7 @@ def mismatches(config: ml_collections.ConfigDict, meta: records.DatasetMeta, *, 
     if inp.crop_size > short:
       out.append(f"config.input.crop_size={inp.crop_size} but the frames stored in {data_dir} "
                  f"have a short side of {short} ({where}); fix with "
-                 f"--config.input.crop_size={short} (or rebuild the data with --short-side "
+                 f"--config.input.crop_size={short} (or rebuild the data with --short_side "
                  f">= {inp.crop_size})")
   return out
 

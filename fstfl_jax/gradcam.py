@@ -27,7 +27,6 @@ the clip rather than per frame keeps the frames comparable: a frame with little 
 stays dark.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from fstfl_jax import cli
 from fstfl_jax import guards
@@ -158,27 +158,28 @@ def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
                    f"classes: {list(names)[:20]}{' ...' if len(names) > 20 else ''}.")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m fstfl_jax.gradcam",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
-  parser.add_argument("--video", required=True, help="A video file or a frame folder.")
-  parser.add_argument("--out", required=True, help="PNG to write.")
-  parser.add_argument("--layer", choices=LAYERS, default="res5")
-  parser.add_argument("--class", dest="class_", default=None, metavar="NAME_OR_INDEX",
-                      help="Class to explain; default the predicted one.")
-  parser.add_argument("--gif", default=None, help="Also write an animated GIF here.")
-  parser.add_argument("--config", default=None,
-                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
-  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-  return parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m fstfl_jax.gradcam` (see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("video", None, "A video file or a frame folder.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("out", None, "PNG to write.", flag_values=fv, required=True)
+  flags.DEFINE_enum("layer", "res5", LAYERS, "Stage output to explain.", flag_values=fv)
+  flags.DEFINE_string("class", None, "Class to explain (name or index); default the predicted "
+                      "one.", flag_values=fv)
+  flags.DEFINE_string("gif", None, "Also write an animated GIF here.", flag_values=fv)
+  flags.DEFINE_string("config", None, "configs/<dataset>.py[:variants]; default "
+                      "<workdir>/config.json.", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to restore.",
+                    flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="gradcam", doc=__doc__)
   config = inference.load_config(args.workdir, args.config)
   names = inference.class_names(config, "gradcam")
-  class_index = resolve_class(args.class_, names)
+  class_index = resolve_class(args["class"].value, names)
   mesh = sharding.make_mesh(1)  # One clip: a single device does it.
   try:
     views = video_io.load_views(args.video, config.input, clips=1, crops=1,
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "
            f"{config.model.name} step {step}\n{os.path.basename(args.video)}")
   reporting.save_gradcam_figure(views[0], result.cam, args.out, title,
-              metadata={"class": name, "layer": args.layer, "step": str(step)})
+                                metadata={"class": name, "layer": args.layer, "step": str(step)})
   print(f"{args.out}: Grad-CAM of {name!r} (p={result.probs[result.class_index]:.3f}) at "
         f"{args.layer} ({result.raw.shape[1]}x{result.raw.shape[2]} map)")
   if args.gif:

@@ -1,7 +1,7 @@
 r"""Classify video files with a trained checkpoint: top-k class names and probabilities.
 
   python -m fstfl_jax.predict --workdir workdirs/demo \
-      --video demo_data/raw/validation/01_move_right [more files or folders] \
+      --video demo_data/raw/validation/01_move_right [--video more files or folders] \
       [--topk 5] [--json] [--checkpoint latest|best] [--batch_size N] [--clips K --crops C]
 
 The config comes from `<workdir>/config.json` (written by `fstfl_jax.main`), or from
@@ -15,10 +15,10 @@ dataset metadata in `config.input.data_dir` (class indices if it is absent).
 Output on stdout, one line per video: `PATH: name1 0.912, name2 0.041, ...`, or with --json one
 object per line: {"video", "step", "topk": [{"index", "class", "prob"}, ...]}. A file that
 cannot be decoded gets one line on stderr and the others still run. Exit status: 0 if at least
-one video was classified, 1 if none was (every file failed), 2 on bad arguments.
+one video was classified, 1 if none was (every file failed), 2 on bad arguments. Flags use absl
+syntax, as every command of the project (`--help` lists them).
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import flags
 import numpy as np
 
 from fstfl_jax import cli
@@ -130,35 +131,32 @@ def format_line(path: str, top: Sequence[Mapping[str, Any]]) -> str:
   return f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m fstfl_jax.predict", description=__doc__.split("\n\n")[0],
-    epilog="Exit status: 0 if any video was classified, 1 if all failed, 2 on bad arguments.")
-  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
-  parser.add_argument("--video", nargs="+", required=True, metavar="PATH",
-                      help="Video files, frame folders, or folders of videos.")
-  parser.add_argument("--config", default=None,
-                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
-  parser.add_argument("--topk", type=int, default=5)
-  parser.add_argument("--json", action="store_true", help="One JSON object per line.")
-  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="Videos per model call; default the number of devices.")
-  parser.add_argument("--clips", type=int, default=None, help="Default: config.train_eval's.")
-  parser.add_argument("--crops", type=int, choices=(1, 3, 10), default=None,
-                      help="Default: config.train_eval's.")
-  args = parser.parse_args(argv)
-  if args.topk < 1 or (args.clips is not None and args.clips < 1):
-    parser.error("--topk and --clips must be positive.")
-  return args
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m fstfl_jax.predict` (see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_multi_string("video", None, "A video file, frame folder or folder of videos; "
+                            "repeat the flag for more.", flag_values=fv, required=True)
+  flags.DEFINE_string("config", None, "configs/<dataset>.py[:variants]; default "
+                      "<workdir>/config.json.", flag_values=fv)
+  flags.DEFINE_integer("topk", 5, "Classes printed per video.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_bool("json", False, "One JSON object per line.", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to restore.",
+                    flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Videos per model call; default the number of "
+                       "devices.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("clips", None, "Clips per video; default config.train_eval's.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("crops", None, ["1", "3", "10"], "Crops per clip; default "
+                    "config.train_eval's.", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="predict", doc=__doc__)
   config = inference.load_config(args.workdir, args.config)
   clips, crops, views_per_step = default_views(config)
   if args.clips or args.crops:
-    clips, crops, views_per_step = args.clips or clips, args.crops or crops, None
+    clips, crops, views_per_step = args.clips or clips, int(args.crops or crops), None
   mesh = sharding.make_mesh()
   try:
     variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)

@@ -77,8 +77,9 @@ def reference(tmp_path_factory):
   out = tmp_path_factory.mktemp("weights")
   torch.save(net.state_dict(), out / "r50.pth")
   # The real entry point, including its check against the model's abstract variables.
-  subprocess.run([sys.executable, "-m", "fstfl_jax.tools.convert_weights", str(out / "r50.pth"),
-                  str(out / "r50.msgpack"), "--check-model-config", "tsn"], check=True, cwd=_ROOT)
+  subprocess.run([sys.executable, "-m", "fstfl_jax.tools.convert_weights",
+                  f"--input={out / 'r50.pth'}", f"--output={out / 'r50.msgpack'}",
+                  "--check_model_config=tsn"], check=True, cwd=_ROOT)
   return dict(state=_numpy_state(net), pixels=pixels, res5=res5.numpy(),
               logits=logits.numpy(), converted=out / "r50.msgpack")
 
@@ -121,10 +122,11 @@ def test_all_input_formats_convert_identically(tmp_path):
   torch.save(tensors, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
   save_file(state, str(tmp_path / "w.safetensors"))
   np.savez(tmp_path / "w.npz", **state)
-  layout = ["--width", "8", "--stage-sizes", "1,1,1,1"]
+  layout = ["--width", "8", "--stage_sizes", "1,1,1,1"]
   want = traverse_util.flatten_dict(convert.convert_state_dict(state, **_TINY))
   for name in ("w.pth", "legacy.pth", "w.safetensors", "w.npz"):
-    convert_weights.main([str(tmp_path / name), str(tmp_path / "out.msgpack")] + layout)
+    convert_weights.main([f"--input={tmp_path / name}", f"--output={tmp_path / 'out.msgpack'}"]
+                         + layout)
     got = traverse_util.flatten_dict(convert.load_converted(tmp_path / "out.msgpack"))
     assert got.keys() == want.keys(), name
     for key, value in want.items():

@@ -197,8 +197,9 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
   corrupt = tmp_path / "corrupt.mp4"
   corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
   missing = str(tmp_path / "missing.mp4")
-  status = predict.main(["--workdir", run["workdir"], "--video", good[0], str(corrupt), missing,
-                         good[1], "--topk", "2", "--batch_size", "3"])
+  status = predict.main(["--workdir", run["workdir"], "--video", good[0], "--video", str(corrupt),
+                         "--video", missing, "--video", good[1], "--topk", "2",
+                         "--batch_size", "3"])
   captured = capsys.readouterr()
   assert status == 0
   out = captured.out.splitlines()
@@ -213,7 +214,7 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
   assert str(corrupt) in errors[0] and "cannot decode" in errors[0]
   assert missing in errors[1] and "not found" in errors[1]
 
-  status = predict.main(["--workdir", run["workdir"], "--video", str(corrupt), missing])
+  status = predict.main(["--workdir", run["workdir"], "--video", str(corrupt), "--video", missing])
   assert status == predict.ERROR_STATUS_ALL_FAILED
   assert capsys.readouterr().out == ""
 
@@ -229,7 +230,8 @@ def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, caps
     cut.append(str(tmp_path / f"cut{ext}"))
     with open(cut[-1], "wb") as f:
       f.write(data[:int(len(data) * 0.7)])  # PyAV decodes the first frames without an error.
-  status = predict.main(["--workdir", run["workdir"], "--video", cut[0], good, cut[1]])
+  status = predict.main(["--workdir", run["workdir"], "--video", cut[0], "--video", good,
+                         "--video", cut[1]])
   captured = capsys.readouterr()
   assert status == 0
   assert [line.split(": ")[0] for line in captured.out.splitlines()] == [good]
