@@ -93,7 +93,7 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   remote_video = f"{gcs}/videos/{video.name}"
   storage.write_bytes(remote_video, video.read_bytes())
   out = _run(cwd, "fstfl_jax.predict", "--workdir", workdir, "--video", str(video),
-             remote_video, "--json").stdout
+             "--video", remote_video, "--json").stdout
   lines = [json.loads(line) for line in out.splitlines()]
   assert [r["video"] for r in lines] == [str(video), remote_video]
   assert lines[0]["topk"] == lines[1]["topk"] and lines[0]["step"] == STEPS
