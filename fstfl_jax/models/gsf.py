@@ -60,9 +60,10 @@ def shift_frames(y: jax.Array, num_frames: int, direction: int) -> jax.Array:
   Works on the folded rows (no [B, T] reshape, which can force a relayout on accelerators);
   rows that would receive a frame of the neighbouring clip get zeros.
   """
-  zeros = jnp.zeros_like(y[:1])
-  shifted = (jnp.concatenate([y[1:], zeros]) if direction > 0
-             else jnp.concatenate([zeros, y[:-1]]))
+  # One pad with a negative edge drops a row at one end and adds a zero row at the other (its
+  # gradient is again a pad, which fuses; a slice + concatenate does not).
+  edges = (-1, 1) if direction > 0 else (1, -1)
+  shifted = jax.lax.pad(y, jnp.zeros((), y.dtype), [(*edges, 0)] + [(0, 0, 0)] * (y.ndim - 1))
   frame = np.arange(y.shape[0]) % num_frames
   keep = frame != (num_frames - 1 if direction > 0 else 0)
   return jnp.where(keep.reshape((-1,) + (1,) * (y.ndim - 1)), shifted, jnp.zeros((), y.dtype))
