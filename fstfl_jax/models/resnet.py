@@ -15,7 +15,9 @@ from fstfl_jax.models.gsf import GSF, gated_channels, interleave_order
 
 
 class Bottleneck(nn.Module):
-  """conv1 1x1 -> bn1 -> relu -> conv2 3x3/s -> bn2 -> relu -> conv3 1x1 -> [GSF on C_g channels] -> bn3 (+ input).
+  """conv1 1x1 -> bn1 -> relu -> conv2 3x3/s -> bn2 -> relu -> conv3 1x1 -> [GSF] -> bn3 (+ input).
+
+  With GSF, conv3 emits GSF's C_g gated channels and the pass-through channels as two arrays.
 
   `[N, H, W, C_in] -> [N, H/s, W/s, 4*planes]`, N = B*T frames.
   """
