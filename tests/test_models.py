@@ -3,6 +3,7 @@
 import copy
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,6 +194,29 @@ def test_ghost_batchnorm_equals_per_group_batchnorm():
   np.testing.assert_allclose(np.asarray(state["batch_stats"]["var"]), want_var, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(state["batch_stats"]["mean"]),
                              0.1 * xs.mean(axis=1).mean(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_on_channel_pieces_and_permuted_channels(train):
+  """Pieces of the channel axis (bn3 under GSF) and a channel order (GSF's BN3d) give what BN
+  on the whole, unpermuted tensor gives: same outputs, same running statistics."""
+  x = jax.random.normal(jax.random.key(0), (8, 3, 3, 6)) * 3 + 1
+  bn = layers.BatchNorm(group_rows=4)
+  variables = bn.init(jax.random.key(1), x, train=False)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 2, a.shape), jnp.float32),
+                           variables)
+  want, want_state = bn.apply(variables, x, train=train, mutable=["batch_stats"])
+  pieces, state = bn.apply(variables, (x[..., :2], x[..., 2:]), train=train,
+                           mutable=["batch_stats"])
+  np.testing.assert_allclose(np.concatenate(pieces, -1), np.asarray(want), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(state, want_state, rtol=1e-6)
+  order = np.array([3, 0, 5, 1, 4, 2])
+  permuted, state = bn.apply(variables, x[..., order], train=train, channel_order=order,
+                             mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(permuted), np.asarray(want)[..., order], rtol=1e-5,
+                             atol=1e-5)
+  chex.assert_trees_all_close(state, want_state, rtol=1e-6)
 
 
 @pytest.mark.parametrize("stc", [

@@ -8,12 +8,16 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fstfl_jax.models import layers
+from fstfl_jax.models.gsf import gated_channels, interleave_order
 
 
 class Bottleneck(nn.Module):
   """conv1 1x1 -> bn1 -> relu -> conv2 3x3/s -> bn2 -> relu -> conv3 1x1 -> [GSF] -> bn3 (+ input).
+
+  With GSF, conv3 emits GSF's C_g gated channels and the pass-through channels as two arrays.
 
   `[N, H, W, C_in] -> [N, H/s, W/s, 4*planes]`, N = B*T frames.
 
@@ -37,10 +41,19 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name="bn1")(y, train))
     y = self.conv(self.planes, 3, self.stride, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y, train))
-    y = self.conv(out_ch, 1, name="conv3")(y)
+    bn3 = self.norm(name="bn3")
     if self.gsf is not None:
-      y = self.gsf(name="gsf")(y, train)
-    y = self.norm(name="bn3")(y, train)
+      # conv3 emits GSF's gated channels (in GSF's output order) and the pass-through channels
+      # as two arrays, and bn3 takes them as such: the wide activation is never sliced or
+      # concatenated back before the residual add (docs/gsf.md#layout-on-accelerators).
+      gsf = self.gsf(name="gsf")
+      c_g = gated_channels(out_ch, gsf.ratio)
+      columns = (tuple(int(i) for i in interleave_order(c_g)),) + (
+        (tuple(range(c_g, out_ch)),) if c_g < out_ch else ())
+      gated, *passed = self.conv(out_ch, 1, name="conv3", columns=columns)(y)
+      y = jnp.concatenate(bn3((gsf(gated, train), *passed), train), axis=-1)
+    else:
+      y = bn3(self.conv(out_ch, 1, name="conv3")(y), train)
     if x.shape[-1] != out_ch or self.stride != 1:
       x = self.conv(out_ch, 1, self.stride, name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, train)

@@ -45,12 +45,11 @@ def block_parts(net: "VideoNet", num_frames: int) -> BlockParts:
   conv = functools.partial(layers.conv, dtype=net.dtype)
   norm = functools.partial(layers.BatchNorm, momentum=net.bn_momentum, epsilon=net.bn_eps,
                            dtype=net.dtype)
-  # Ghost BN groups count clips: bn_group_size * T rows of folded frames, bn_group_size rows
-  # of GSF's [B, T, ...] gate input.
-  gsf = functools.partial(
-    GSF, num_frames=num_frames, ratio=net.gsf_ratio, dtype=net.dtype,
-    norm=functools.partial(norm, group_rows=net.bn_group_size)) if net.use_gsf else None
-  return BlockParts(conv, functools.partial(norm, group_rows=net.bn_group_size * num_frames), gsf)
+  # Ghost BN groups count clips: bn_group_size * T rows of folded frames (GSF's BN3d included).
+  norm = functools.partial(norm, group_rows=net.bn_group_size * num_frames)
+  gsf = functools.partial(GSF, num_frames=num_frames, ratio=net.gsf_ratio, dtype=net.dtype,
+                          norm=norm) if net.use_gsf else None
+  return BlockParts(conv, norm, gsf)
 
 
 class VideoNet(nn.Module):
