@@ -4,7 +4,9 @@ Convention (the one behind ResNet-50's "4.1 GFLOPs" and PyTorch's FlopCounter / 
 convolutions and matrix products are counted, one MAC per multiply-add. BN, activations,
 pooling, normalisation and residual adds are free. A convolution costs
 `output elements x kernel spatial size x in_channels / groups` (padding included, as PyTorch
-counts it); a `dot_general` costs `output elements x contracted size`.
+counts it); a `dot_general` costs `output elements x contracted size`. A grouped conv run
+densely with a block-diagonal kernel (GSF's gate) counts as the grouped conv
+(`layers.BLOCK_DIAGONAL_SCOPE`).
 
 Each counted op keeps its name stack (Flax runs every module method under `jax.named_scope`, so
 the stack reads like `VideoNet/layer1_0/gsf/...`), which lets callers attribute cost to modules
@@ -24,6 +26,7 @@ import flax.linen as nn
 import jax
 from jax.extend import core
 
+from fstfl_jax.models import layers
 from fstfl_jax.models import stc as stc_lib
 
 # Name scope that marks the correlation's traced ops (see `exact_correlation`).
@@ -66,6 +69,14 @@ def _scope_of(eqn: core.JaxprEqn, parent: tuple[str, ...]) -> tuple[str, ...]:
   return parent + tuple(part for part in own.split("/") if part)
 
 
+def _block_diagonal_blocks(scope: tuple[str, ...]) -> int:
+  """n for an op under `layers.BLOCK_DIAGONAL_SCOPE` + n (a grouped conv run densely), else 1."""
+  for part in scope:
+    if part.startswith(layers.BLOCK_DIAGONAL_SCOPE):
+      return int(part[len(layers.BLOCK_DIAGONAL_SCOPE):])
+  return 1
+
+
 def _as_jaxpr(value: Any) -> core.Jaxpr | None:
   if isinstance(value, core.ClosedJaxpr):
     return value.jaxpr
@@ -88,7 +99,8 @@ def jaxpr_costs(jaxpr: core.Jaxpr | core.ClosedJaxpr, scope: tuple[str, ...] = (
     here = _scope_of(eqn, scope)
     name = eqn.primitive.name
     if name in _COUNTERS:
-      costs.append(OpCost(here, name, multiplier * _COUNTERS[name](eqn)))
+      macs = _COUNTERS[name](eqn) // _block_diagonal_blocks(here)
+      costs.append(OpCost(here, name, multiplier * macs))
     elif name == "scan":
       costs += jaxpr_costs(eqn.params["jaxpr"], here, multiplier * eqn.params["length"])
     elif name == "cond":

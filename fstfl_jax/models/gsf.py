@@ -95,13 +95,14 @@ class GateConv(nn.Module):
     # frames with 6 output channels (block-diagonal: zero weights across groups), and only the
     # tiny 6-channel output is shifted. A grouped 3D conv or stacking neighbouring frames into
     # channels would move the whole input through extra copies on accelerators (the former is
-    # also slow on XLA:CPU); the extra MACs are negligible.
+    # also slow on XLA:CPU); the zero blocks' MACs are negligible and not counted (flops.py).
     block = (np.arange(c_g)[:, None] // half == np.arange(2)[None, :]).astype(np.float32)
     kernel = jnp.concatenate([kernel, kernel], axis=3) * block  # [3, 3, 3, C_g, 2]
     kernel = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, c_g, 6)  # out = (kt, group)
-    taps = jax.lax.conv_general_dilated(
-      u.astype(self.dtype), kernel.astype(self.dtype), (1, 1), [(1, 1), (1, 1)],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    with jax.named_scope(f"{layers.BLOCK_DIAGONAL_SCOPE}2"):
+      taps = jax.lax.conv_general_dilated(
+        u.astype(self.dtype), kernel.astype(self.dtype), (1, 1), [(1, 1), (1, 1)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
     # Output frame t sums tap kt of input frame t + kt - 1 (zero past the clip's ends).
     t = self.num_frames
     y = (shift_frames(taps[..., 0:2], t, -1) + taps[..., 2:4]

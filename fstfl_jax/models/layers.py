@@ -47,6 +47,12 @@ def conv(features: int, kernel: int | tuple[int, ...], stride: int = 1, *, group
     kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
+# Name-scope prefix of a conv whose kernel is block-diagonal with n blocks (zero weights across
+# groups, a grouped conv run densely): MAC counting (`fstfl_jax.flops`) counts 1/n of it, the
+# MACs of the grouped conv it computes.
+BLOCK_DIAGONAL_SCOPE = "block_diagonal_"
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over every axis but the last, with optional ghost groups.
 
