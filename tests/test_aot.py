@@ -79,7 +79,7 @@ def test_train_step_compiles_and_fits(report):
   train = report["train"]
   assert report["num_chips"] == 4 and report["global_batch"] == 8
   # impl="auto" compiles the TPU choice, not the host's (cpu: allpairs).
-  assert report["correlation_impl"] == correlation.resolve_impl("auto", "tpu") == "banded"
+  assert report["correlation_impl"] == correlation.resolve_impl("auto", "tpu") == "einsum"
   assert train["clips_per_chip"] == 2
   assert train["fits"] and 0 < train["hbm_bytes_per_chip"] <= V5E.hbm_bytes
   assert train["step_seconds_estimate"] > 0 and 0 < train["mfu_estimate"] <= 1

@@ -30,11 +30,12 @@ BOUNDARIES = ("zero", "clamp", "circular")
 
 # impl="auto" per backend (measurements: the README's Benchmarks and "On TPU" sections;
 # docs/correlation.md#choosing-an-implementation). CPU: all-pairs was the fastest and the
-# smallest in memory at the res3 default. TPU: "banded", from the TPU compiler's numbers
-# (`benchmarks/correlation_tpu.py`): all-pairs' D-padded [HW x (H+2D)W] volume is mostly padding
-# that the skew then discards, and the kernel is memory-bound either way. GPU: all-pairs (dense
-# matmuls for tensor cores), not measured on a GPU.
-_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "banded"}
+# smallest in memory at the res3 default. TPU: "einsum", the fewest bytes per step in the TPU
+# compiler's numbers (`benchmarks/correlation_tpu.py`; every kernel is memory-bound there):
+# all-pairs' D-padded [HW x (H+2D)W] volume is mostly padding that the skew then discards, and
+# the banded kernel's row gathers cost more than the einsum scan's shifted windows. GPU:
+# all-pairs (dense matmuls for tensor cores), not measured on a GPU.
+_AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "einsum"}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
