@@ -33,7 +33,8 @@ BOUNDARIES = ("zero", "clamp", "circular")
 # smallest in memory at the res3 default. TPU: "einsum", the fewest bytes per step in the TPU
 # compiler's numbers (`benchmarks/correlation_tpu.py`; every kernel is memory-bound there):
 # all-pairs' D-padded [HW x (H+2D)W] volume is mostly padding that the skew then discards, and
-# the banded kernel's row gathers cost more than the einsum scan's shifted windows. GPU:
+# the banded kernel still forms a [W x (W + 2D)] product per row offset of which the skew keeps
+# (2D + 1) x W, while the einsum scan computes only the kept pairs. GPU:
 # all-pairs (dense matmuls for tensor cores), not measured on a GPU.
 _AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "einsum"}
 
