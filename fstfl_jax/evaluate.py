@@ -105,6 +105,23 @@ def protocol_step(config: ml_collections.ConfigDict, name: str, model: Any) -> C
                         config.evals[name].get("views_per_step"))
 
 
+class EvalSteps:
+  """The eval steps of one model by protocol, each built on first use and then reused.
+
+  One run (validation during training, then the final evaluation of `--mode train_and_eval`)
+  passes one of these to both, so each protocol's step is compiled once per run.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model: Any):
+    self._config, self._model = config, model
+    self._steps: dict[str, Callable[..., dict]] = {}
+
+  def __call__(self, name: str) -> Callable[..., dict]:
+    if name not in self._steps:
+      self._steps[name] = protocol_step(self._config, name, self._model)
+    return self._steps[name]
+
+
 def _check_first_batch(batch: Batch, mesh: jax.sharding.Mesh) -> None:
   """Keys and shapes of the first batch; the input yields one shape, so the others match it."""
   for key in ("video", "label", "mask", "index"):
@@ -287,14 +304,15 @@ def training_protocol(config: ml_collections.ConfigDict) -> str:
   return min(config.evals, key=lambda n: (np.prod(protocol_views(config, n)), n))
 
 
-def make_validator(config: ml_collections.ConfigDict, model: Any,
-                   mesh: jax.sharding.Mesh) -> EvalFn:
+def make_validator(config: ml_collections.ConfigDict, model: Any, mesh: jax.sharding.Mesh,
+                   steps: EvalSteps | None = None) -> EvalFn:
   """The in-training validation (`train.EvalFn`): scalar metrics of `training_protocol(config)`.
 
-  The eval step is built here, once per run, and reused by every validation.
+  The eval step is built here (or taken from `steps`, shared with the run's final evaluation),
+  once per run, and reused by every validation.
   """
   name = training_protocol(config)
-  eval_step = protocol_step(config, name, model)
+  eval_step = (steps or EvalSteps(config, model))(name)
 
   def validate(state: Any, step: int) -> dict[str, float]:
     variables = dict(params=state.params, batch_stats=state.batch_stats)
@@ -308,7 +326,8 @@ def make_validator(config: ml_collections.ConfigDict, model: Any,
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str = "all",
              checkpoint: str = "latest", with_predictions: bool = False,
-             mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, Any]]:
+             mesh: jax.sharding.Mesh | None = None,
+             steps: EvalSteps | None = None) -> dict[str, dict[str, Any]]:
   """Restores the model state from `workdir` and runs eval protocols, writing their results.
 
   Args:
@@ -318,6 +337,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str =
     checkpoint: 'latest' or 'best' (by validation top-1).
     with_predictions: also write per-video predictions as JSONL.
     mesh: defaults to all devices; the checkpoint may come from any device count.
+    steps: eval steps already built in this run (by the in-training validation).
 
   Returns:
     {protocol name: evaluate_state result}.
@@ -331,11 +351,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, protocol: str =
   # Restored as plain dicts, so the optimizer config need not match the one trained with.
   state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
   variables = dict(params=state["params"], batch_stats=state["batch_stats"])
-  model = build_model(config.model)
+  steps = steps or EvalSteps(config, build_model(config.model))
   class_names = records.read_info(config.input.data_dir).class_names
   results = {}
   for name in names:
-    result = run_protocol(config, name, protocol_step(config, name, model), variables, mesh,
+    result = run_protocol(config, name, steps(name), variables, mesh,
                           with_predictions=with_predictions)
     clips, crops = protocol_views(config, name)
     path = reporting.write_results(workdir, name, step, result, class_names=class_names,

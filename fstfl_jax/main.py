@@ -90,14 +90,18 @@ def main(argv):
   # Imported after flags are parsed and jax.distributed is up.
   from fstfl_jax import evaluate
   from fstfl_jax import train
+  from fstfl_jax.models import build_model
 
+  # Validation and the final evaluation share their eval steps: each compiles once per run.
+  steps = evaluate.EvalSteps(config, build_model(config.model))
   if mode in ("train", "train_and_eval"):
-    train.train_and_evaluate(config, workdir, with_eval=mode == "train_and_eval")
+    train.train_and_evaluate(config, workdir, with_eval=mode == "train_and_eval",
+                             eval_steps=steps)
   if mode in ("eval", "train_and_eval"):
     # The saved checkpoint, restored as --mode eval would, under every protocol asked for.
     results = evaluate.evaluate(config, workdir, protocol=_EVAL_PROTOCOL.value,
                                 checkpoint=_EVAL_CHECKPOINT.value,
-                                with_predictions=_EVAL_PREDICTIONS.value)
+                                with_predictions=_EVAL_PREDICTIONS.value, steps=steps)
     if jax.process_index() == 0:
       for name, r in results.items():
         print(f"{name}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "

@@ -183,7 +183,8 @@ def run_summary(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        with_eval: bool = True, data: DataModule | None = None,
-                       eval_fn: EvalFn | None = None) -> ts.TrainState:
+                       eval_fn: EvalFn | None = None,
+                       eval_steps: Any = None) -> ts.TrainState:
   """Trains (resuming from `workdir` if it has a checkpoint); returns the final state.
 
   Args:
@@ -193,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     data: the input pipeline module; defaults to `data_pipelines.pipeline`.
     eval_fn: validation function; defaults to `fstfl_jax.evaluate.make_validator`'s, which
       builds its eval step once for the run.
+    eval_steps: an `evaluate.EvalSteps` to take that step from (shared with a final evaluation).
 
   Raises:
     guards.NonFiniteError: on a non-finite loss, gradient norm, parameter or BN statistic, naming
@@ -215,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                 mesh, state_sharding)
     if with_eval and eval_fn is None:
       from fstfl_jax import evaluate  # Imported here: only eval needs it.
-      eval_fn = evaluate.make_validator(config, model, mesh)
+      eval_fn = evaluate.make_validator(config, model, mesh, eval_steps)
 
     # -------------------------------------------------------------------------- Input.
     train_iter = data.make_train_iter(config.input, process_index=jax.process_index(),

@@ -392,3 +392,8 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
     assert scalars["top1"] == pytest.approx(results["val_1x1"]["top1"])
     assert scalars["num_videos"] == NUM_VAL and "confusion" not in scalars
   assert len(built) == 1
+  # --mode train_and_eval: validation and the final evaluation share one step per protocol.
+  steps = evaluate.EvalSteps(config, model)
+  evaluate.make_validator(config, model, mesh1, steps)(types.SimpleNamespace(**variables), 12)
+  evaluate.evaluate(config, str(workdir), protocol="val_1x1", mesh=mesh1, steps=steps)
+  assert len(built) == 2
