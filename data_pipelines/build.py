@@ -42,7 +42,7 @@ from data_pipelines import records
 from data_pipelines import video_decode
 from fstfl_jax import storage
 
-TOOL_VERSION = "data_pipelines.build 1.0"
+TOOL_VERSION = "data_pipelines.build 2.0"  # 2.0: record layout 2 (records.LAYOUT).
 PLAN_FILE = ".build_plan.json"
 FAILURES_FILE = "failures.jsonl"
 FAILURES_DIR = ".failures"  # One list per finished shard, merged into FAILURES_FILE.

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from data_pipelines import device_transforms
 from fstfl_jax import checkpointing
 from fstfl_jax import consistency
 from fstfl_jax import guards
@@ -50,7 +51,8 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
                     ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, Metrics]]:
   """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
 
-  `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]. Run under `jax.jit`
+  `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]; or the input
+  pipeline's crop regions with resize taps (`device_transforms.train_video`). Run under `jax.jit`
   with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
   so XLA all-reduces gradients and BN statistics across devices (SyncBN).
   """
@@ -58,7 +60,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
     # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    video = normalize(batch["video"])
+    video = normalize(device_transforms.train_video(batch))
     labels = batch["label"]
 
     def loss_fn(params):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from data_pipelines import device_transforms
 from data_pipelines import transforms
 
 
@@ -103,14 +104,17 @@ def test_augment_train_flip_probability_and_policy():
   frames = [coordinate_frame(48, 64)]
   rng = np.random.default_rng(0)
 
+  out = np.empty((1, *transforms.frame_slot([(48, 64)]), 3), np.uint8)
+
   def augment(allow_flip, rng):
     return transforms.augment_train(frames, height=48, width=64, crop_size=32, scales=(1,),
-                                    allow_flip=allow_flip, rng=rng)
+                                    allow_flip=allow_flip, rng=rng, out=out)
   flips = [augment(True, rng)[1] for _ in range(400)]
   assert 150 < sum(flips) < 250
   assert not any(augment(False, rng)[1] for _ in range(50))
-  video, flipped = augment(True, np.random.default_rng(5))
-  columns = video[0, 0, :, 1].astype(int)  # G = source column.
+  taps, flipped = augment(True, np.random.default_rng(5))
+  video = device_transforms.crop_resize(out[None], np.array([64], np.int32), taps[None])[0]
+  columns = np.asarray(video)[0, 0, :, 1].astype(int)  # G = source column.
   assert (np.diff(columns) < 0).all() if flipped else (np.diff(columns) > 0).all()
 
 
