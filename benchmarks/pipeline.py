@@ -23,8 +23,8 @@ from absl import flags
 from absl import logging
 import cv2
 import numpy as np
-import simplejpeg
 
+from benchmarks import source_rows
 from configs.common import input_config
 from data_pipelines import device_transforms
 from data_pipelines import pipeline
@@ -32,6 +32,7 @@ from data_pipelines import randaugment as randaugment_lib
 from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
+from data_pipelines import video_decode
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Built dataset; default: a synthetic one.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to read.")
@@ -50,28 +51,35 @@ _ROUNDS = flags.DEFINE_integer(
 # Grain's index shuffle has a roughly fixed cost per epoch, spread over the dataset's N elements:
 # tiny datasets would mostly measure the shuffle.
 _SYN_VIDEOS = flags.DEFINE_integer("synthetic_videos", 1024, "Synthetic dataset size.")
-_SYN_FRAMES = flags.DEFINE_integer("synthetic_frames", 40, "Frames per synthetic video.")
+_SYN_FRAMES = flags.DEFINE_integer("synthetic_frames", 48,
+                                   "Frames per synthetic video (48: 4 s at 12 fps).")
+_SOURCES = flags.DEFINE_list(
+  "sources", ["4@12", "10@25"], "Video lengths seconds@fps for the PyAV / TFDS / our reader "
+  "table (same synthetic content as .mp4 and as shards); empty: no such table.")
+_SOURCE_CLIPS = flags.DEFINE_integer("source_clips", 48, "Clips per row of that table.")
 RANDAUGMENT = "rand-m9-mstd0.5"  # The gsf_reference recipe's setting.
 
 
-def synthetic_frames(rng: np.random.Generator, num_frames: int, height: int = 256,
-                     width: int = 340) -> list[bytes]:
-  """JPEG frames (quality 90, ~25 kB at 256x340) of a drifting smooth texture with grain."""
+def synthetic_video(rng: np.random.Generator, num_frames: int, height: int = 256,
+                    width: int = 340) -> np.ndarray:
+  """uint8 [N, H, W, 3]: a drifting smooth texture with grain (~25 kB per JPEG at quality 90)."""
   base = cv2.resize(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), (width + num_frames, height),
                     interpolation=cv2.INTER_LINEAR)
-  out = []
-  for f in range(num_frames):
-    frame = base[:, f:f + width].astype(np.int16) + rng.integers(-3, 4, (height, width, 3))
-    out.append(simplejpeg.encode_jpeg(np.clip(frame, 0, 255).astype(np.uint8), quality=90,
-                                      colorspace="RGB"))
-  return out
+  return np.stack([np.clip(base[:, f:f + width].astype(np.int16)
+                           + rng.integers(-3, 4, (height, width, 3)), 0, 255).astype(np.uint8)
+                   for f in range(num_frames)])
+
+
+def synthetic_pool(num_videos: int, num_frames: int, seed: int = 0) -> list[np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return [synthetic_video(rng, num_frames) for _ in range(num_videos)]
 
 
 def build_synthetic(out_dir: str, num_videos: int, num_frames: int) -> None:
   """`num_videos` records cycling over 32 distinct encoded videos (encoding is the slow part)."""
-  rng = np.random.default_rng(0)
   start = time.perf_counter()
-  pool = [synthetic_frames(rng, num_frames) for _ in range(min(32, num_videos))]
+  pool = [[video_decode.encode_jpeg(f, 90) for f in frames]
+          for frames in synthetic_pool(min(32, num_videos), num_frames)]
   videos = (dict(frames=pool[v % len(pool)], label=v % 10, video_id=f"synthetic{v:05d}",
                  fps=12.0, height=256, width=340, num_frames=num_frames)
             for v in range(num_videos))
@@ -80,6 +88,31 @@ def build_synthetic(out_dir: str, num_videos: int, num_frames: int) -> None:
                          dict(source="benchmarks.pipeline synthetic"))
   logging.info("Built %d synthetic videos x %d frames in %.1f s.", num_videos, num_frames,
                time.perf_counter() - start)
+
+
+def source_tables(tmp: str, num_frames: int) -> tuple[list[dict], str]:
+  """PyAV / TFDS / our reader rows per `--sources` video length, best of `--rounds`."""
+  out_rows, tables = [], []
+  for spec in _SOURCES.value:
+    seconds, fps = (int(x) for x in spec.split("@"))
+    # Same generator and seed as the main dataset: at 4 s @ 12 fps, the same frames.
+    pool = synthetic_pool(4, seconds * fps)
+    data_dir = os.path.join(tmp, f"sources_{seconds}s_{fps}fps")
+    paths = source_rows.build(data_dir, pool, fps, num_records=16)
+    del pool
+    rows = best_of([source_rows.rows(data_dir, paths, num_frames, _SOURCE_CLIPS.value,
+                                     np.random.default_rng(r)) for r in range(_ROUNDS.value)])
+    ours = rows[-1]["frames_cpu_s"]
+    lines = [f"{seconds} s at {fps} fps ({seconds * fps} frames, 256x340), T={num_frames}, "
+             f"{_SOURCE_CLIPS.value} clips, best of {_ROUNDS.value} rounds\n",
+             "| setting | frames/s | frames/CPU-s | vs our reader (CPU) |", "|---|---:|---:|---:|"]
+    for row in rows:
+      row.update(video=f"{seconds} s at {fps} fps", num_frames=num_frames)
+      lines.append(f"| {row['setting']} | {row['frames_s']:.0f} | {row['frames_cpu_s']:.0f} | "
+                   f"{row['frames_cpu_s'] / ours:.0%} |")
+    out_rows += rows
+    tables.append("\n".join(lines))
+  return out_rows, "\n\n".join(tables)
 
 
 def raw_decode(data_dir: str, split: str, cfg, num_clips: int) -> list[dict]:
@@ -227,13 +260,16 @@ def main(argv):
       tables.append(f"T={num_frames}, batch {_BATCH.value}, crop {cfg.crop_size}, frames "
                     f"{rows[0]['frame_size']}, best of {_ROUNDS.value} rounds; pipeline / raw "
                     f"decode {ratios[num_frames]:.2f}\n\n" + markdown(rows, rows[0]))
+    sources, table = source_tables(tmp, int(_FRAMES.value[0])) if _SOURCES.value else ([], "")
+    if table:
+      tables.append(table)
   header = (f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
   print(header + "\n\n" + "\n\n".join(tables))
   if _JSON.value:
     first = int(_FRAMES.value[0])
     with open(_JSON.value, "w") as f:
       json.dump(dict(header=header, rows=all_rows, pipeline_vs_raw_decode=ratios[first],
-                     pipeline_vs_raw_decode_by_frames=ratios), f, indent=2)
+                     pipeline_vs_raw_decode_by_frames=ratios, source_rows=sources), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -499,10 +499,13 @@ class SplitSource(Sequence):
       raise ValueError(f"{self.paths[shard]} record {record}: cannot read it ({detail}); the "
                        "shard file is damaged: delete it and rerun the build to rewrite it.") from e
 
+  def record_of(self, video: int, t: int) -> tuple[int, int]:
+    """(shard, record index in the shard file) of frame `t` of split video `video`."""
+    return bisect.bisect_right(self._starts, video) - 1, int(self._first[video]) + t
+
   def frame(self, video: int, t: int) -> bytes:
     """JPEG bytes of frame `t` of split video `video`, checked against the video index."""
-    shard = bisect.bisect_right(self._starts, video) - 1
-    record = int(self._first[video]) + t
+    shard, record = self.record_of(video, t)
     data = self._read(shard, record)
     try:
       feature = tf_example_pb2.Example.FromString(data).features.feature
