@@ -107,7 +107,7 @@ class TrainBatch(grain.transforms.RandomMap):
 
   Host: sample frames, decode them straight into the batch array, draw box, flip and optional
   RandAugment per clip. Device: crop, resize and mirror (`device_transforms.train_video`).
-  Clip b draws from its own generator, seeded from the batch's grain rng.
+  The clips draw in order from the batch's grain rng.
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader,
@@ -134,15 +134,14 @@ class TrainBatch(grain.transforms.RandomMap):
     taps = np.empty((batch, 2, self.crop_size, 3), np.float32)
     width = np.empty(batch, np.int32)
     label = np.empty(batch, np.int32)
-    for b, (index, seed) in enumerate(zip(indices, rng.integers(2**63, size=batch))):
-      clip_rng = np.random.default_rng(seed)
+    for b, index in enumerate(indices):
       record = self.reader.read(int(index))
-      idx = sampling.train_indices(len(record["frames"]), self.num_frames, clip_rng,
+      idx = sampling.train_indices(len(record["frames"]), self.num_frames, rng,
                                    sampling=self.sampling, dense_stride=self.dense_stride)
       frames = self.reader.frames(record, int(index), idx)
-      taps[b], flipped = transforms.augment_train(
+      flipped = transforms.augment_train(
         frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
-        scales=self.scales, allow_flip=self.allow_flip, rng=clip_rng, out=video[b],
+        scales=self.scales, allow_flip=self.allow_flip, rng=rng, out=video[b], taps=taps[b],
         randaugment=self.randaugment)
       width[b] = frames.width
       label[b] = record["label"]

@@ -9,6 +9,7 @@ Geometry follows GSF/TSN (docs/data.md#train-augmentation, docs/data.md#test-vie
 of a clip. Frames are uint8 RGB `[H, W, 3]`; clips are `[T, S, S, 3]` with S = crop_size.
 """
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -148,11 +149,18 @@ def fixed_offsets(height: int, width: int, crop_h: int, crop_w: int) -> list[tup
 def sample_multiscale_box(height: int, width: int, crop_size: int, scales: Sequence[float],
                           rng: np.random.Generator) -> Box:
   """One random multi-scale crop box (y, x, h, w) for a frame of the given size."""
+  sizes, offsets = _box_candidates(height, width, crop_size, tuple(scales))
+  size = rng.integers(len(sizes))
+  y, x = offsets[size][rng.integers(len(offsets[size]))]
+  return y, x, *sizes[size]
+
+
+@functools.lru_cache(maxsize=1024)
+def _box_candidates(height: int, width: int, crop_size: int, scales: tuple[float, ...]
+                    ) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+  """Multi-scale sizes and, per size, the offsets: the same few lists for every clip."""
   sizes = multiscale_sizes(height, width, crop_size, scales)
-  crop_h, crop_w = sizes[rng.integers(len(sizes))]
-  offsets = fixed_offsets(height, width, crop_h, crop_w)
-  y, x = offsets[rng.integers(len(offsets))]
-  return y, x, crop_h, crop_w
+  return sizes, [fixed_offsets(height, width, h, w) for h, w in sizes]
 
 
 def _crop_resize_into(frame: np.ndarray, box: Box, flip: bool, dst: np.ndarray) -> None:
@@ -197,6 +205,7 @@ def frame_slot(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
   return -(-max(h * w for h, w in sizes) // wmax) + 1, wmax
 
 
+@functools.lru_cache(maxsize=8192)  # A few hundred (box, flip) combinations per frame size.
 def resize_taps(length: int, size: int, flip: bool = False, offset: int = 0) -> np.ndarray:
   """Bilinear resampling of `length` pixels to `size` along one axis, as cv2's INTER_LINEAR.
 
@@ -204,14 +213,17 @@ def resize_taps(length: int, size: int, flip: bool = False, offset: int = 0) -> 
   pixels (cv2 clamps to the cropped patch, not to the frame). `flip` mirrors the output;
   `offset` shifts the source indices (the crop box's y or x).
   Returns:
-    float32 [size, 3]: (first source pixel, second source pixel, weight of the second).
+    float32 [size, 3] (read-only, cached): (first source pixel, second source pixel, weight of
+    the second).
   """
   pos = (np.arange(size) + 0.5) * (length / size) - 0.5
   first = np.floor(pos)
   weight = np.where(first < 0, 0.0, pos - first)
   first = np.clip(first, 0, length - 1)
   taps = np.stack([first + offset, np.minimum(first + 1, length - 1) + offset, weight], axis=-1)
-  return (taps[::-1] if flip else taps).astype(np.float32)
+  taps = (taps[::-1] if flip else taps).astype(np.float32)
+  taps.setflags(write=False)
+  return taps
 
 
 def store_flat(frames: Sequence[np.ndarray], out: np.ndarray) -> None:
@@ -234,8 +246,8 @@ def store_flat(frames: Sequence[np.ndarray], out: np.ndarray) -> None:
 
 def augment_train(frames: Sequence[np.ndarray], *, height: int, width: int, crop_size: int,
                   scales: Sequence[float], allow_flip: bool, rng: np.random.Generator,
-                  out: np.ndarray, randaugment: randaugment_lib.Config | None = None
-                  ) -> tuple[np.ndarray, bool]:
+                  out: np.ndarray, taps: np.ndarray,
+                  randaugment: randaugment_lib.Config | None = None) -> bool:
   """Host half of the train augmentation: [RandAugment], multi-scale box and flip drawn.
 
   One box and one flip for all frames. The frames go to `out` whole, at stored resolution
@@ -245,20 +257,21 @@ def augment_train(frames: Sequence[np.ndarray], *, height: int, width: int, crop
   Args:
     frames: T uint8 [H, W, 3] frames of size (height, width), read once each, in order.
     out: uint8 [T, R, Wmax, 3] slots for the frames (`frame_slot` of the split's sizes).
+    taps: float32 [2, S, 3], set to the row and column taps of the frame (`resize_taps`).
     randaugment: a `data_pipelines.randaugment.Config`, or None (off). Its ops are drawn after
       the box and flip (so those do not depend on it) and applied to the full frames before
       the crop, as GSF's reference does.
   Returns:
-    (taps float32 [2, S, 3] for rows and columns of the frame (`resize_taps`), whether the clip
-    is mirrored).
+    whether the clip is mirrored.
   """
   y, x, h, w = sample_multiscale_box(height, width, crop_size, scales, rng)
   flip = bool(allow_flip and rng.random() < 0.5)
   if randaugment is not None:
     frames = randaugment_lib.AugmentedFrames(frames, randaugment_lib.sample_plan(randaugment, rng))
   store_flat(frames, out)
-  return np.stack([resize_taps(h, crop_size, offset=y),
-                   resize_taps(w, crop_size, flip, offset=x)]), flip
+  taps[0] = resize_taps(h, crop_size, offset=y)
+  taps[1] = resize_taps(w, crop_size, flip, offset=x)
+  return flip
 
 
 # --- Test geometry -------------------------------------------------------------------------------

@@ -147,10 +147,11 @@ def test_augment_train_applies_the_plan_before_the_crop():
   out = np.empty((3, *transforms.frame_slot([(48, 64)]), 3), np.uint8)
 
   def clip(randaugment):
-    taps, flipped = transforms.augment_train(frames, height=48, width=64, crop_size=32,
-                                             scales=(1.0, 0.75), allow_flip=True,
-                                             rng=np.random.default_rng(seed), out=out,
-                                             randaugment=randaugment)
+    taps = np.empty((2, 32, 3), np.float32)
+    flipped = transforms.augment_train(frames, height=48, width=64, crop_size=32,
+                                       scales=(1.0, 0.75), allow_flip=True,
+                                       rng=np.random.default_rng(seed), out=out, taps=taps,
+                                       randaugment=randaugment)
     width = np.array([64], np.int32)
     return np.asarray(device_transforms.crop_resize(out[None], width, taps[None]))[0], flipped
 
