@@ -1,16 +1,25 @@
 """Train input pipeline throughput next to the raw JPEG decode rate of the same frames.
 
-  python -m benchmarks.pipeline                       # synthetic 256x340 videos in a temp dir
-  python -m benchmarks.pipeline --data_dir data/sthv1 --threads 1,2,4 --workers 0,2 --json out.json
+  python -m benchmarks.pipeline --json out.json    # synthetic 256x340 videos in a temp dir
+  python -m benchmarks.pipeline --data_dir data/sthv1 --threads 1,2,4 --workers 0,2 --sources=
 
-For each reader setting the train pipeline (`make_train_iter`) runs for `--batches` batches after
-`--warmup` batches. Reported per row: clips/s and frames/s (wall clock), frames per CPU-second of
-this process and its grain workers (wall rates are noisy on a shared machine, CPU-seconds much
-less), and the ratios to the raw decode row, which decodes the same sampled frames from
-in-memory bytes with simplejpeg on one thread. A second reference row adds the train crop/resize/
-flip to that decode, a third also RandAugment (`rand-m9-mstd0.5`, the `gsf_reference` recipe),
-whose cost per clip is printed under the table. Goal: pipeline frames per CPU-second >= 85% of
-raw decode.
+For each frame count T (`--num_frames`, default 8, 16, 32) and reader setting, the train
+pipeline (`make_train_iter`: host half of the augmentation; the crop/resize/flip it leaves to
+the device is not run) produces `--batches` batches after `--warmup` batches. Reported per row:
+clips/s and frames/s (wall clock), frames per CPU-second of this process and its grain workers
+(wall rates are noisy on a shared machine, CPU-seconds much less), and the ratios to the raw
+decode row, which decodes the same sampled frames from in-memory bytes with simplejpeg on one
+thread. A second reference row adds the crop/resize/flip on the host with cv2 (what the
+pipeline did before they moved into the jitted step), a third also RandAugment
+(`rand-m9-mstd0.5`, the `gsf_reference` recipe), whose cost per clip is printed under the table.
+All rows run `--rounds` times, interleaved, and each keeps its best round. The JSON's top-level
+`pipeline_vs_raw_decode` is the best pipeline row's frames per CPU-second over the raw decode
+row's, at the first T. Goal: >= 0.85.
+
+A last table per video length (`--sources`, default 4 s at 12 fps and 10 s at 25 fps, the same
+synthetic content as `.mp4` files and as shards) compares decoding the sampled frames from the
+video files with PyAV, TFDS's `as_data_source` over the shards, and our reader
+(`benchmarks/source_rows.py`).
 """
 
 import json
