@@ -87,7 +87,7 @@ class _BufferPool:
   def get(self, shape: tuple[int, ...]) -> np.ndarray:
     with self._lock:
       for array in self._arrays:
-        # References: the pool's list, the loop variable and getrefcount's argument.
+        # CPython references: the pool's list, the loop variable, getrefcount's argument.
         if array.shape == shape and sys.getrefcount(array) <= 3:
           return array
       array = np.empty(shape, np.uint8)
@@ -126,7 +126,8 @@ class TrainBatch(grain.transforms.RandomMap):
     index = reader.source.index
     self.slot = transforms.frame_slot(set(zip(index["height"], index["width"])))
     # Batches alive at once: prefetched, being filled by each reader thread, in use downstream.
-    self.buffers = _BufferPool(2 * max(1, cfg.prefetch) + max(1, cfg.num_threads) + 2)
+    threads, _ = host_parallelism(cfg)
+    self.buffers = _BufferPool(2 * max(threads, cfg.prefetch) + threads + 2)
 
   def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     batch = len(indices)
