@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipelines import build
 from data_pipelines import ingest
+from data_pipelines import records
 from data_pipelines import video_decode
 from fstfl_jax import storage
 
@@ -39,7 +40,7 @@ ShardJob = tuple[str, str, int, int, list[ingest.Entry], list[video_decode.Task]
 def write_shard(job: ShardJob) -> Iterator[tuple[str, int]]:
   """Decodes and writes one shard; yields (split, failures) for the launcher's log."""
   out, split, shard, num_shards, entries, tasks = job
-  if build.records.shard_is_done(out, split, shard, num_shards):  # A retried bundle.
+  if records.shard_is_done(out, split, shard, num_shards):  # A retried bundle.
     return
   failures = build.write_shard(out, split, shard, num_shards, entries,
                                map(video_decode.make_record, tasks))
@@ -75,8 +76,8 @@ def build_beam(dataset: str, src: str, out: str, split_id: int = 1, short_side: 
 
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  ours, beam_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (
-    argv, [])
+  split_at = argv.index("--") if "--" in argv else len(argv)
+  ours, beam_args = argv[:split_at], argv[split_at + 1:]
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=sorted(ingest.PARSERS))
