@@ -52,7 +52,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
 
   `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]; or the input
-  pipeline's crop regions with resize taps (`device_transforms.train_video`). Run under `jax.jit`
+  pipeline's whole frames with resize taps (`device_transforms.train_video`). Run under `jax.jit`
   with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
   so XLA all-reduces gradients and BN statistics across devices (SyncBN).
   """
