@@ -11,14 +11,15 @@ quantisation tables are not symmetric (the luminance table quantises low vertica
 more coarsely than horizontal ones), so the ratio can differ between the axes.
 """
 
-import argparse
 import glob
 
 import av
 import numpy as np
 import simplejpeg
+from absl import flags
 
 from data_pipelines import video_decode
+from fstfl_jax import cli
 
 
 def gradient_energy(frame: np.ndarray) -> np.ndarray:
@@ -27,12 +28,14 @@ def gradient_energy(frame: np.ndarray) -> np.ndarray:
   return np.array([np.abs(np.diff(gray, axis=1)).mean(), np.abs(np.diff(gray, axis=0)).mean()])
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("videos", None, "Glob of video files.", flag_values=fv, required=True)
+  flags.DEFINE_list("qualities", ["90", "95"], "JPEG qualities to compare.", flag_values=fv)
+  flags.DEFINE_integer("every", 3, "Use every n-th video.", lower_bound=1, flag_values=fv)
+
+
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--videos", required=True, help="Glob of video files.")
-  parser.add_argument("--qualities", default="90,95")
-  parser.add_argument("--every", type=int, default=3)
-  args = parser.parse_args()
+  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.axis_anisotropy", doc=__doc__)
   paths = sorted(glob.glob(args.videos))[::args.every]
   if not paths:
     raise SystemExit(f"No video matches {args.videos!r}.")
@@ -44,7 +47,7 @@ def main() -> None:
   print(f"{len(paths)} videos, {len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]}")
   print("| JPEG quality | horizontal detail kept | vertical detail kept |")
   print("|---|---|---|")
-  for quality in (int(q) for q in args.qualities.split(",")):
+  for quality in (int(q) for q in args.qualities):
     after = sum(gradient_energy(simplejpeg.decode_jpeg(video_decode.encode_jpeg(f, quality)))
                 for f in frames)
     x, y = after / before

@@ -10,7 +10,6 @@ counted (a 32-channel minor axis tiled to 128 lanes occupies 4x its size), and t
 produced each. Compiler estimates, not measurements.
 """
 
-import argparse
 import functools
 import math
 import re
@@ -20,10 +19,14 @@ from fstfl_jax.tools import aot  # First: sets the libtpu environment before JAX
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
 
 from configs import common  # noqa: E402
+from fstfl_jax import cli  # noqa: E402
 from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from fstfl_jax.models import build_model  # noqa: E402
 from fstfl_jax.models.resnet import Bottleneck  # noqa: E402
+from fstfl_jax.models.video_net import block_parts  # noqa: E402
 
 # Stage -> (H = W, planes) of a ResNet-50 stage at 224x224.
 STAGES = {"res2": (56, 64), "res3": (28, 128), "res4": (14, 256), "res5": (7, 512)}
@@ -69,7 +72,8 @@ def compile_block(mesh, stage: str, use_gsf: bool, clips: int, frames: int):
   size, planes = STAGES[stage]
   cfg = common.model_config("gsf", 174, frames)
   cfg.dtype = "bfloat16"
-  block = Bottleneck(planes, 1, cfg, use_gsf)
+  conv, norm, gsf = block_parts(build_model(cfg), frames)
+  block = Bottleneck(planes, 1, conv, norm, gsf if use_gsf else None)
   n = clips * frames * mesh.size
   x = jax.ShapeDtypeStruct((n, size, size, 4 * planes), jnp.bfloat16,
                            sharding=sharding_lib.data_sharding(mesh))
@@ -89,14 +93,17 @@ def compile_block(mesh, stage: str, use_gsf: bool, clips: int, frames: int):
   return compiled
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("stage", "res2", list(STAGES), "Stage whose bottleneck is compiled.",
+                    flag_values=fv)
+  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology.", flag_values=fv)
+  flags.DEFINE_integer("clips", 4, "Clips per chip.", flag_values=fv)
+  flags.DEFINE_integer("frames", 8, "Frames per clip.", flag_values=fv)
+  flags.DEFINE_integer("top", 25, "Largest instructions listed.", flag_values=fv)
+
+
 def main(argv: list[str]) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--stage", default="res2", choices=list(STAGES))
-  p.add_argument("--topology", default="v5e:2x2")
-  p.add_argument("--clips", type=int, default=4, help="Clips per chip.")
-  p.add_argument("--frames", type=int, default=8)
-  p.add_argument("--top", type=int, default=25)
-  args = p.parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.block_tpu", doc=__doc__)
   mesh = aot.topology_mesh(args.topology)
   for use_gsf in (False, True):
     compiled = compile_block(mesh, args.stage, use_gsf, args.clips, args.frames)

@@ -1,7 +1,7 @@
 """Correlation kernels: time and XLA temp memory per implementation, next to a GSF-R50 train step.
 
   python -m benchmarks.correlation                  # res3 default: 8 clips x 8 frames, 28x28x512
-  python -m benchmarks.correlation --clips 1 --disp 6 --json out.json
+  python -m benchmarks.correlation --clips 1 --disp 6 --disp 14 --json out.json
 
 For every implementation of `fstfl_jax.models.correlation.correlate` and every D in --disp:
 forward (S) and forward+backward (grad of sum(relu(S @ W1)), W1 [K, 16], w.r.t. x and W1, like
@@ -15,7 +15,6 @@ targets: default-kernel fwd+bwd <= 10% of that step and <= 2 GiB temp memory. Ti
 shared machine are noisy: compare rows of one run.
 """
 
-import argparse
 import functools
 import json
 import sys
@@ -25,7 +24,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from fstfl_jax import cli
 from fstfl_jax.models import correlation
 
 GIB = 2.0 ** 30
@@ -36,28 +37,27 @@ def _log(msg: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--clips", type=int, default=8)
-  p.add_argument("--frames", type=int, default=8)
-  p.add_argument("--size", type=int, default=28, help="H = W of the correlated feature map.")
-  p.add_argument("--channels", type=int, default=512)
-  p.add_argument("--disp", type=int, nargs="+", default=[6, 14], help="Values of D.")
-  p.add_argument("--offsets", type=int, nargs="+", default=[0, 1, 2, 3])
-  p.add_argument("--impls", nargs="+", default=list(correlation.IMPLS),
-                 choices=correlation.IMPLS)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--repeats", type=int, default=3, help="Timed runs per kernel (best is kept).")
-  p.add_argument("--max_run_gib", type=float, default=6.0,
-                 help="Do not run kernels needing more temp memory than this.")
-  p.add_argument("--max_unrolled", type=int, default=200,
-                 help="Do not compile the loop when it unrolls more (offset, displacement) slices.")
-  p.add_argument("--gsf_clips", type=int, default=None,
-                 help="Clips in the GSF step (default --clips); its time is scaled to --clips.")
-  p.add_argument("--gsf_repeats", type=int, default=2)
-  p.add_argument("--skip_gsf", action="store_true")
-  p.add_argument("--json", default=None, help="Also write all rows to this JSON file.")
-  return p.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer("clips", 8, "Clips in the batch.", flag_values=fv)
+  flags.DEFINE_integer("frames", 8, "Frames per clip.", flag_values=fv)
+  flags.DEFINE_integer("size", 28, "H = W of the correlated feature map.", flag_values=fv)
+  flags.DEFINE_integer("channels", 512, "Channels of the feature map.", flag_values=fv)
+  flags.DEFINE_multi_integer("disp", [6, 14], "Values of D (repeat the flag).", flag_values=fv)
+  flags.DEFINE_multi_integer("offsets", [0, 1, 2, 3], "Temporal offsets (repeat the flag).",
+                             flag_values=fv)
+  flags.DEFINE_multi_enum("impls", list(correlation.IMPLS), correlation.IMPLS,
+                          "Implementations (repeat the flag).", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "Timed runs per kernel (best is kept).", flag_values=fv)
+  flags.DEFINE_float("max_run_gib", 6.0, "Do not run kernels needing more temp memory than this.",
+                     flag_values=fv)
+  flags.DEFINE_integer("max_unrolled", 200, "Do not compile the loop when it unrolls more "
+                       "(offset, displacement) slices.", flag_values=fv)
+  flags.DEFINE_integer("gsf_clips", None, "Clips in the GSF step (default --clips); its time is "
+                       "scaled to --clips.", flag_values=fv)
+  flags.DEFINE_integer("gsf_repeats", 2, "Timed GSF steps.", flag_values=fv)
+  flags.DEFINE_bool("skip_gsf", False, "Skip the GSF-ResNet-50 step.", flag_values=fv)
+  flags.DEFINE_string("json", None, "Also write all rows to this JSON file.", flag_values=fv)
 
 
 def _unrolled_slices(impl: str, max_disp: int, num_offsets: int) -> int:
@@ -84,7 +84,7 @@ def _measure(fn: Callable, args: tuple, repeats: int, max_run_gib: float) -> dic
   return row
 
 
-def bench_kernels(args: argparse.Namespace) -> list[dict]:
+def bench_kernels(args: flags.FlagValues) -> list[dict]:
   dtype = jnp.dtype(args.dtype)
   shape = (args.clips, args.frames, args.size, args.size, args.channels)
   # Post-ReLU-like features, so some cosines are large and the norm sees real magnitudes.
@@ -114,7 +114,7 @@ def bench_kernels(args: argparse.Namespace) -> list[dict]:
   return rows
 
 
-def bench_gsf_step(args: argparse.Namespace) -> dict:
+def bench_gsf_step(args: flags.FlagValues) -> dict:
   """One SGD step (forward+backward) of GSF-ResNet-50 on clips x frames x 224 x 224 x 3."""
   import optax  # pylint: disable=g-import-not-at-top
 
@@ -158,7 +158,7 @@ def _fmt(value, spec: str) -> str:
   return "-" if value is None else format(value, spec)
 
 
-def report(args: argparse.Namespace, rows: list[dict], gsf: dict | None) -> str:
+def report(args: flags.FlagValues, rows: list[dict], gsf: dict | None) -> str:
   default = correlation.resolve_impl("auto")
   lines = [
     f"Backend {jax.default_backend()}, {args.dtype}, x = [{args.clips}, {args.frames}, {args.size},"
@@ -193,13 +193,13 @@ def report(args: argparse.Namespace, rows: list[dict], gsf: dict | None) -> str:
 
 
 def main(argv: list[str]) -> None:
-  args = _parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.correlation", doc=__doc__)
   rows = bench_kernels(args)
   gsf = None if args.skip_gsf else bench_gsf_step(args)
   print(report(args, rows, gsf))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "backend": jax.default_backend(), "kernels": rows,
+      json.dump({"args": args.flag_values_dict(), "backend": jax.default_backend(), "kernels": rows,
                  "gsf_step": gsf}, f, indent=2)
 
 

@@ -10,7 +10,6 @@ compiler's per-chip FLOPs, bytes accessed, temporaries and the roofline time
 (`fstfl_jax.tools.roofline`). Compiler estimates, not measurements.
 """
 
-import argparse
 import functools
 import json
 import math
@@ -19,11 +18,13 @@ import time
 
 from fstfl_jax.tools import aot  # First: sets the libtpu environment before JAX starts.
 
+from absl import flags  # noqa: E402
 from etils import epath  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from fstfl_jax import cli  # noqa: E402
 from fstfl_jax import sharding as sharding_lib  # noqa: E402
 from fstfl_jax.models import correlation  # noqa: E402
 from fstfl_jax.tools import roofline  # noqa: E402
@@ -33,22 +34,24 @@ STAGES = {"res2": (56, 256), "res3": (28, 512), "res4": (14, 1024), "res5": (7, 
 MLP_WIDTH = 16
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--topology", nargs="+", default=["v5e:2x2"])
-  p.add_argument("--clips", type=int, default=4, help="Clips per chip.")
-  p.add_argument("--frames", type=int, default=8)
-  p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-  p.add_argument("--disp", nargs="+", default=["6", "half"],
-                 help="Values of D; 'half' = ceil(X/2) of the stage (the paper).")
-  p.add_argument("--offsets", type=int, nargs="+", default=[0, 1, 2, 3])
-  p.add_argument("--impls", nargs="+", default=["allpairs", "banded", "einsum"],
-                 choices=correlation.IMPLS)
-  p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-  p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True,
-                 help="correlate(remat=...): recompute each offset's volume in the backward.")
-  p.add_argument("--json", default=None)
-  return p.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_multi_string("topology", ["v5e:2x2"], "TPU topologies (repeat the flag).",
+                            flag_values=fv)
+  flags.DEFINE_integer("clips", 4, "Clips per chip.", flag_values=fv)
+  flags.DEFINE_integer("frames", 8, "Frames per clip.", flag_values=fv)
+  flags.DEFINE_multi_enum("stages", list(STAGES), list(STAGES), "Stages (repeat the flag).",
+                          flag_values=fv)
+  flags.DEFINE_multi_string("disp", ["6", "half"], "Values of D; 'half' = ceil(X/2) of the "
+                            "stage (the paper). Repeat the flag.", flag_values=fv)
+  flags.DEFINE_multi_integer("offsets", [0, 1, 2, 3], "Temporal offsets (repeat the flag).",
+                             flag_values=fv)
+  flags.DEFINE_multi_enum("impls", ["allpairs", "banded", "einsum"], correlation.IMPLS,
+                          "Implementations (repeat the flag).", flag_values=fv)
+  flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype.",
+                    flag_values=fv)
+  flags.DEFINE_bool("remat", True, "correlate(remat=...): recompute each offset's volume in the "
+                    "backward.", flag_values=fv)
+  flags.DEFINE_string("json", None, "Also write the rows here.", flag_values=fv)
 
 
 def compile_kernel(mesh, chip, *, clips, frames, size, channels, max_disp, offsets, impl, dtype,
@@ -79,7 +82,7 @@ def compile_kernel(mesh, chip, *, clips, frames, size, channels, max_disp, offse
 
 
 def main(argv: list[str]) -> None:
-  args = _parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.correlation_tpu", doc=__doc__)
   rows = []
   for topology in args.topology:
     mesh, chip = aot.topology_mesh(topology), roofline.chip_spec(topology)

@@ -13,7 +13,6 @@ as "error" (it fails the build anyway). The table shows min / max ratio per grou
 `integrity.check_complete` flags them.
 """
 
-import argparse
 import collections
 import fractions
 import json
@@ -22,8 +21,10 @@ import sys
 import tempfile
 
 import av
+from absl import flags
 
 from data_pipelines import integrity
+from fstfl_jax import cli
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
@@ -114,10 +115,12 @@ def summary(groups: dict) -> list[dict]:
   return rows
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("json", None, "Also write every file's ratio here.", flag_values=fv)
+
+
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--json", default=None, help="Also write every file's ratio here.")
-  args = parser.parse_args()
+  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.frame_counts", doc=__doc__)
   av.logging.set_level(av.logging.PANIC)  # FFmpeg complains about every cut file on stderr.
   with tempfile.TemporaryDirectory() as tmp:
     groups = measure(tmp)

@@ -13,17 +13,18 @@ fstfl > gsf > tsn on motion-defined classes; the tables report what is measured.
 Existing workdirs (`<workdir>/<model>/seed<s>`) resume, so an interrupted ablation continues.
 """
 
-import argparse
 import json
 import os
 import time
 
+from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
 from configs import demo
 from data_pipelines import records
+from fstfl_jax import cli
 from fstfl_jax import evaluate
 from fstfl_jax import train
 
@@ -84,28 +85,28 @@ def markdown(summaries: list[dict], class_names: list[str]) -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--models", default="tsn,gsf,fstfl")
-  parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds per model.")
-  parser.add_argument("--epochs", type=int, default=3)
-  parser.add_argument("--data_dir", default="demo_data")
-  parser.add_argument("--json", default="")
-  args = parser.parse_args()
-  flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
-  logging.set_verbosity(logging.INFO)  # The train loop's progress lines (rate, ETA).
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root of the runs (<workdir>/<model>/seed<s>).",
+                               required=True)
+_MODELS = flags.DEFINE_list("models", ["tsn", "gsf", "fstfl"], "Models to compare.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per model.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Training epochs per run.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "demo_data", "The demo data dir.")
+_JSON = flags.DEFINE_string("json", "", "Also write runs and summaries here.")
 
-  seeds = [int(s) for s in args.seeds.split(",")]
-  rows = [run(m, s, os.path.abspath(os.path.join(args.workdir, m, f"seed{s}")), args.epochs,
-              args.data_dir)
-          for m in args.models.split(",") for s in seeds]
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)  # The train loop's progress lines (rate, ETA).
+  rows = [run(m, int(s), os.path.abspath(os.path.join(_WORKDIR.value, m, f"seed{s}")),
+              _EPOCHS.value, _DATA_DIR.value)
+          for m in _MODELS.value for s in _SEEDS.value]
   summaries = summarize(rows)
-  print(markdown(summaries, records.read_info(args.data_dir).class_names), flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
+  print(markdown(summaries, records.read_info(_DATA_DIR.value).class_names), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
       json.dump(dict(runs=rows, summary=summaries), f, indent=1)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

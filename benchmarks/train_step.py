@@ -8,16 +8,16 @@ and XLA's peak temporary memory of the compiled step (`memory_analysis().temp_si
 The ratios fstfl/gsf and gsf/tsn are the cost of STC and of GSF on this backend.
 """
 
-import argparse
 import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from configs import sthv1
-from data_pipelines import pipeline
+from fstfl_jax import cli
 from fstfl_jax import sharding
 from fstfl_jax import train
 
@@ -33,7 +33,7 @@ def measure(name: str, clips: int, frames: int, size: int, repeats: int) -> dict
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
   state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   step = train.jit_train_step(
-    train.make_train_step(model, tx, schedule, pipeline.normalize), mesh, state_sharding)
+    train.make_train_step(model, tx, schedule), mesh, state_sharding)
   rng = np.random.default_rng(0)
   batch = sharding.to_global(dict(
     video=rng.integers(0, 256, (clips, frames, size, size, 3), dtype=np.uint8),
@@ -56,18 +56,20 @@ def measure(name: str, clips: int, frames: int, size: int, repeats: int) -> dict
               loss=float(metrics["loss"]))
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_integer("clips", 2, "Clips per step.", flag_values=fv)
+  flags.DEFINE_integer("frames", 8, "Frames per clip.", flag_values=fv)
+  flags.DEFINE_integer("size", 224, "Crop size.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "Timed steps per model (best is kept).", flag_values=fv)
+  flags.DEFINE_list("models", list(MODELS), "Models to measure.", flag_values=fv)
+  flags.DEFINE_string("json", "", "Also write rows and ratios here.", flag_values=fv)
+
+
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--clips", type=int, default=2)
-  parser.add_argument("--frames", type=int, default=8)
-  parser.add_argument("--size", type=int, default=224)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--models", default=",".join(MODELS))
-  parser.add_argument("--json", default="")
-  args = parser.parse_args()
+  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.train_step", doc=__doc__)
 
   rows = [measure(m, args.clips, args.frames, args.size, args.repeats)
-          for m in args.models.split(",")]
+          for m in args.models]
   by = {r["model"]: r for r in rows}
   print(f"backend={jax.default_backend()} devices={jax.device_count()} "
         f"batch={args.clips}x{args.frames}x{args.size}^2")

@@ -1,9 +1,12 @@
-"""Assembles a full config for one dataset: model + input + recipe + evaluation protocols.
+"""The sections every dataset config shares: model + input + training recipe, variants applied.
 
 Variants after the ':' of the config path (big_vision style), e.g.
   configs/sthv1.py:model=fstfl,frames=16,stc=res2-3
   model=tsn|gsf|fstfl   frames=T (model and input)   stc=res3|res2-4|none   runlocal
   recipe=paper|gsf_reference (gsf_reference: + RandAugment rand-m9-mstd0.5, weight decay 5e-4)
+
+A dataset config calls `make_config` after stating its facts, then adds its eval protocols and
+ends with `runlocal` (configs/sthv1.py is the shortest example).
 """
 
 import ml_collections
@@ -11,51 +14,30 @@ import ml_collections
 from configs import common
 from configs import recipe
 
-# The paper's test protocols (§4.3): name -> views; every protocol also reports top-5 and
-# mean class accuracy. "random" clips are independent TSN draws (Sth-Sth, as in GSF's code).
-EVALS = {
-  "sthv1": {"val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-            "val_10x3": dict(clips=10, crops=3, clip_sampling="random")},
-  "sthv2": {"val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-            "val_10x3": dict(clips=10, crops=3, clip_sampling="random")},
-  "k400": {"val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-           "val_10x1": dict(clips=10, crops=1, clip_sampling="uniform"),
-           "val_10x3": dict(clips=10, crops=3, clip_sampling="uniform")},
-  "ucf101": {"val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-             "val_2x3": dict(clips=2, crops=3, clip_sampling="uniform")},
-  "demo": {"val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-           "val_2x3": dict(clips=2, crops=3, clip_sampling="uniform")},
-}
-# Protocol evaluated during training (cheap); the others run with --mode eval.
-TRAIN_EVAL = "val_1x1"
 
-
-def make_config(dataset: str, arg: str | None, *, default_model: str = "fstfl",
-                default_frames: int = 8) -> ml_collections.ConfigDict:
-  """The config of `dataset` with variants `arg` applied."""
-  variants = common.parse_arg(arg)
-  name = variants.get("model", default_model)
-  frames = variants.get("frames", default_frames)
-  facts = common.DATASETS[dataset]
-
+def make_config(dataset: str, arg: ml_collections.ConfigDict, *, num_classes: int, flip: str,
+                num_epochs: int = 60) -> ml_collections.ConfigDict:
+  """Model, input and training sections for `dataset` with the variants `arg`
+  (`common.parse_arg`) applied; no eval protocols and no `runlocal` yet."""
   config = ml_collections.ConfigDict()
   config.dataset = dataset
-  config.model = common.model_config(name, facts["num_classes"], frames)
-  if "stc" in variants:
-    if name != "fstfl":
-      raise ValueError(f"Variant stc={variants['stc']!r} needs model=fstfl, got model={name!r}.")
-    config.model.stc.stages = common.parse_stages(variants["stc"])
-  config.input = common.input_config(dataset, frames)
-  recipe.add_training(config, dataset)
-  recipe.apply_recipe(config, variants.get("recipe", "paper"))
-  if dataset == "ucf101":
-    config.model.dropout = 0.8  # Paper §4.2: fine-tuned from Kinetics-400 with dropout 0.8.
-  config.evals = ml_collections.ConfigDict(EVALS[dataset])
-  config.train_eval = TRAIN_EVAL
+  config.model = common.model_config(arg.model, num_classes, arg.frames)
+  if arg.stc is not None:
+    if arg.model != "fstfl":
+      raise ValueError(f"Variant stc={arg.stc!r} needs model=fstfl, got model={arg.model!r}.")
+    config.model.stc.stages = common.parse_stages(arg.stc)
+  config.input = common.input_config(dataset, arg.frames, flip)
+  recipe.add_training(config, num_epochs)
+  recipe.apply_recipe(config, arg.recipe)
+  return config
 
-  if variants.get("runlocal", False):
-    # A few fast steps to check a setup end to end before launching the real job.
-    config.input.batch_size = config.input.eval_batch_size = 2
-    config.train.num_train_steps = 4
-    config.train.log_every_steps = 1
+
+def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few fast steps to check a setup end to end before launching the real job (in place).
+
+  Applied last, after every dataset-specific value, so that it wins.
+  """
+  config.input.batch_size = config.input.eval_batch_size = 2
+  config.train.num_train_steps = 4
+  config.train.log_every_steps = 1
   return config

@@ -1,7 +1,9 @@
-"""Shared config pieces: dataset facts, variant parsing, the model/input/optim sections.
+"""Shared config pieces: command-line variants and the model, STC and input sections.
 
-Every dataset config (`configs/<dataset>.py`) calls `base.make_config(dataset, arg)`, which builds
-its sections from the functions here and applies command-line variants, big_vision style:
+Every dataset config (`configs/<dataset>.py`) reads top to bottom, big_vision style: its facts
+(class count, published split sizes, flip policy), `base.make_config` (these sections plus the
+recipe of `configs/recipe.py`, with the variants applied), its own recipe changes, its eval
+protocols, and `runlocal` last. Variants follow the ':' of the config path:
 
   configs/sthv1.py:model=fstfl,frames=16,stc=res2-3
 """
@@ -10,41 +12,33 @@ from typing import Any
 
 import ml_collections
 
-# Dataset facts (class counts and split sizes as published).
-DATASETS = {
-  "sthv1": dict(num_classes=174, train_size=86_017, val_size=11_522, flip="flip_swap_labels"),
-  "sthv2": dict(num_classes=174, train_size=168_913, val_size=24_777, flip="flip_swap_labels"),
-  "k400": dict(num_classes=400, train_size=240_436, val_size=19_787, flip="flip"),
-  "ucf101": dict(num_classes=101, train_size=9_537, val_size=3_783, flip="flip"),
-  "demo": dict(num_classes=12, train_size=1800, val_size=192, flip="none"),
-}
-
 MODELS = ("tsn", "gsf", "fstfl")
 STAGES = ("res2", "res3", "res4", "res5")
 
-# Variant keys accepted after the ':' of a config path, with their parsers.
-_VARIANTS = {
-  "model": str,
-  "frames": int,
-  "stc": str,
-  "recipe": str,
-  "runlocal": lambda s: s.lower() in ("1", "true", "yes", ""),
+# Variant keys accepted after the ':' of a config path: parser and default.
+_VARIANTS: dict[str, tuple[Any, Any]] = {
+  "model": (str, "fstfl"),
+  "frames": (int, 8),
+  "stc": (str, None),        # None: the default placement of `stc_config`.
+  "recipe": (str, "paper"),
+  "runlocal": (lambda s: s.lower() in ("1", "true", "yes", ""), False),
 }
 
 
-def parse_arg(arg: str | None) -> dict[str, Any]:
-  """Parses `k1=v1,k2=v2` variants; an unknown key raises naming the allowed ones."""
-  out: dict[str, Any] = {}
-  if not arg:
-    return out
-  for item in arg.split(","):
+def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
+  """`k1=v1,k2=v2` -> every variant (defaults filled in); an unknown key raises naming the
+  allowed ones."""
+  out = {key: default for key, (_, default) in _VARIANTS.items()}
+  for item in (arg or "").split(","):
+    if not item:
+      continue
     key, _, value = item.partition("=")
     key = key.strip()
     if key not in _VARIANTS:
       raise ValueError(
         f"Unknown config variant {key!r} in {arg!r}; expected one of {sorted(_VARIANTS)}.")
-    out[key] = _VARIANTS[key](value.strip())
-  return out
+    out[key] = _VARIANTS[key][0](value.strip())
+  return ml_collections.ConfigDict(out)
 
 
 def parse_stages(spec: str) -> tuple[str, ...]:
@@ -106,9 +100,8 @@ def model_config(name: str, num_classes: int, num_frames: int) -> ml_collections
   ))
 
 
-def input_config(dataset: str, num_frames: int) -> ml_collections.ConfigDict:
+def input_config(dataset: str, num_frames: int, flip: str = "none") -> ml_collections.ConfigDict:
   """Data section read by `data_pipelines.pipeline` (owned by the data pipeline)."""
-  facts = DATASETS[dataset]
   return ml_collections.ConfigDict(dict(
     dataset=dataset,
     data_dir=f"data/{dataset}",  # Output of `python -m data_pipelines.build`.
@@ -120,7 +113,7 @@ def input_config(dataset: str, num_frames: int) -> ml_collections.ConfigDict:
     crop_size=224,
     resize_short=256,        # Eval resize before the centre/3/10 crops.
     scales=(1.0, 0.875, 0.75, 0.66),
-    flip=facts["flip"],      # "none" | "flip" | "flip_swap_labels".
+    flip=flip,               # "none" | "flip" | "flip_swap_labels".
     # "" (off, the paper) or timm notation, e.g. "rand-m9-mstd0.5" (GSF's reference recipe):
     # one draw of ops/magnitudes per clip, applied to every frame (data_pipelines.randaugment).
     randaugment="",

@@ -8,11 +8,25 @@ fast, "pretending", rotation, approach/recede, still), so a single frame carries
 information. Variants as for the dataset configs: configs/demo.py:model=tsn|gsf|fstfl.
 """
 
+import ml_collections
+
 from configs import base
+from configs import common
+
+# Facts: the defaults of `data_pipelines.make_demo` (12 classes x 150 train / 16 validation
+# clips, no mirror-image class pairs to swap).
+NUM_CLASSES = 12
+TRAIN_SIZE, VAL_SIZE = 1800, 192
+FLIP = "none"
+EVALS = {
+  "val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
+  "val_2x3": dict(clips=2, crops=3, clip_sampling="uniform"),
+}
 
 
 def get_config(arg=None):
-  config = base.make_config("demo", arg)
+  arg = common.parse_arg(arg)
+  config = base.make_config("demo", arg, num_classes=NUM_CLASSES, flip=FLIP)
   model = config.model
   model.width = 16
   model.stage_sizes = (1, 1, 1, 1)
@@ -40,4 +54,7 @@ def get_config(arg=None):
   config.train.log_every_steps = 10
   config.train.eval_every_epochs = 1
   config.checkpoint.every_steps = 100
-  return config
+
+  config.evals = ml_collections.ConfigDict(EVALS)
+  config.train_eval = "val_1x1"  # Validated after every epoch; val_2x3 at the end of main's run.
+  return base.runlocal(config) if arg.runlocal else config

@@ -3,9 +3,9 @@
 Defaults follow the GSF reference (docs/gsf.md#reference-recipe) with the FSTFL paper's weight
 decay: SGD momentum 0.9, lr 0.01 per 32 clips (scaled linearly with the global batch), 10 warm-up
 epochs then cosine to 60 epochs, global grad-norm clipping at 20 (docs/training.md#recipe).
-`base.make_config` calls `recipe.add_training(config, dataset)`, which does
+`base.make_config` calls `recipe.add_training(config, num_epochs)`, which does
 
-  config.optim = recipe.optim_config(num_epochs=...)
+  config.optim = recipe.optim_config(num_epochs)
   config.train = recipe.train_config()
   config.checkpoint = recipe.checkpoint_config()
   config.init_from = ""
@@ -13,10 +13,6 @@ epochs then cosine to 60 epochs, global grad-norm clipping at 20 (docs/training.
 """
 
 import ml_collections
-
-
-# Dataset-specific recipe changes (UCF-101 fine-tunes from Kinetics for fewer epochs).
-NUM_EPOCHS = {"ucf101": 40}
 
 
 def optim_config(num_epochs: int = 60, warmup_epochs: int = 10) -> ml_collections.ConfigDict:
@@ -85,9 +81,10 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> ml_collections
   return config
 
 
-def add_training(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
-  """Adds the optim/train/checkpoint sections and the init paths for `dataset` in place."""
-  config.optim = optim_config(num_epochs=NUM_EPOCHS.get(dataset, 60))
+def add_training(config: ml_collections.ConfigDict,
+                 num_epochs: int = 60) -> ml_collections.ConfigDict:
+  """Adds the optim/train/checkpoint sections and the init paths in place."""
+  config.optim = optim_config(num_epochs=num_epochs)
   config.train = train_config()
   config.checkpoint = checkpoint_config()
   # A workdir (or its `checkpoints/` dir) of an earlier run, e.g. Kinetics for UCF-101: params

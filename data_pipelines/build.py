@@ -1,7 +1,7 @@
 """Builds ArrayRecord video shards (see `records.py`) from a source dataset layout.
 
   python -m data_pipelines.build --dataset sthv1 --src /data/sthv1 --out /data/sthv1_shards \
-      [--split-id 1] [--short-side 256] [--quality 90] [--workers 8] [--num-shards 64]
+      [--split_id 1] [--short_side 256] [--quality 90] [--workers 8] [--num_shards 64]
 
 Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
 worker processes and written in annotation order, so shard contents are deterministic.
@@ -13,7 +13,6 @@ and `<out>/.build_plan.json` makes a rerun with different inputs or settings fai
 mixing shards.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import contextlib
@@ -35,18 +34,20 @@ from typing import Any
 import av
 import simplejpeg
 import tqdm
+from absl import flags
 
 from data_pipelines import ingest
 from data_pipelines import integrity
 from data_pipelines import records
 from data_pipelines import video_decode
+from fstfl_jax import cli
 from fstfl_jax import storage
 
 TOOL_VERSION = "data_pipelines.build 2.0"  # 2.0: record layout 2 (records.LAYOUT).
 PLAN_FILE = ".build_plan.json"
 FAILURES_FILE = "failures.jsonl"
 FAILURES_DIR = ".failures"  # One list per finished shard, merged into FAILURES_FILE.
-RECORDS_PER_SHARD = 256  # Default shard size when --num-shards is not given.
+RECORDS_PER_SHARD = 256  # Default shard size when --num_shards is not given.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,23 +296,27 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
   return finish(plan, written)
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m data_pipelines.build` (see the module docstring)."""
+  flags.DEFINE_enum("dataset", None, sorted(ingest.PARSERS), "Source layout.", flag_values=fv,
+                    required=True)
+  flags.DEFINE_string("src", None, "Source root of the layout.", flag_values=fv, required=True)
+  flags.DEFINE_string("out", None, "Output data dir.", flag_values=fv, required=True)
+  flags.DEFINE_integer("split_id", 1, "UCF-101 split (1-3).", flag_values=fv)
+  flags.DEFINE_integer("short_side", 256, "Cap on the frames' short side.", flag_values=fv)
+  flags.DEFINE_integer("quality", 90, "JPEG quality.", flag_values=fv)
+  flags.DEFINE_integer("workers", None, "Decode processes (0: inline).", flag_values=fv)
+  flags.DEFINE_integer("num_shards", None, "Shards per split.", flag_values=fv)
+  flags.DEFINE_string("name", None, "Dataset name in the TFDS metadata.", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dataset", required=True, choices=sorted(ingest.PARSERS))
-  parser.add_argument("--src", required=True, help="Source root of the layout.")
-  parser.add_argument("--out", required=True, help="Output data dir.")
-  parser.add_argument("--split-id", type=int, default=1, help="UCF-101 split (1-3).")
-  parser.add_argument("--short-side", type=int, default=256, help="Cap on the frames' short side.")
-  parser.add_argument("--quality", type=int, default=90, help="JPEG quality.")
-  parser.add_argument("--workers", type=int, default=None, help="Decode processes (0: inline).")
-  parser.add_argument("--num-shards", type=int, default=None, help="Shards per split.")
-  parser.add_argument("--name", default=None, help="Dataset name in the TFDS metadata.")
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="build", doc=__doc__)
   for flag, value in (("--src", args.src), ("--out", args.out)):
     if storage.is_remote(value):
-      parser.error(f"{flag} {value}: the build reads videos and writes shards on local disk; "
-                   "build locally, then copy the data dir to a bucket with fstfl-copy-data.")
+      cli.usage_error("build", f"{flag} {value}: the build reads videos and writes shards on "
+                      "local disk; build locally, then copy the data dir to a bucket with "
+                      "fstfl-copy-data.")
   try:
     result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
                    args.workers, args.num_shards, args.name)

@@ -1,8 +1,8 @@
 r"""Copy a built data dir between a bucket and local disk (either direction), resumably.
 
-  python -m data_pipelines.copy_data gs://bucket/data/sthv1 /mnt/disks/data/sthv1 \
+  python -m data_pipelines.copy_data --src gs://bucket/data/sthv1 --dst /mnt/disks/data/sthv1 \
       [--splits train,validation]
-  fstfl-copy-data data/sthv1 gs://bucket/data/sthv1          # after a local build
+  fstfl-copy-data --src data/sthv1 --dst gs://bucket/data/sthv1   # after a local build
 
 ArrayRecord reads local files only, so on a TPU slice or GPU cluster every host copies the
 shards it trains on to its own disk (run it on all hosts, e.g. `--worker=all`), and the
@@ -13,13 +13,13 @@ renamed into place locally, one upload on a bucket), so an interrupted copy is r
 running the same command again.
 """
 
-import argparse
 import concurrent.futures
 import os
 import shutil
 from collections.abc import Sequence
 
 import tqdm
+from absl import flags
 
 from data_pipelines import records
 from fstfl_jax import cli
@@ -93,13 +93,18 @@ def copy_data_dir(src: str, dst: str, splits: Sequence[str] | None = None,
   return copied, total
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `fstfl-copy-data` (see the module docstring)."""
+  flags.DEFINE_string("src", None, "Data dir to copy (local path or gs://).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("dst", None, "Destination (local path or gs://).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("splits", None, "Comma-separated splits (default: all).", flag_values=fv)
+  flags.DEFINE_integer("threads", 8, "Files copied in parallel.", lower_bound=1, flag_values=fv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="fstfl-copy-data", description=__doc__.split("\n\n")[0])
-  parser.add_argument("src", help="Data dir to copy (local path or gs://).")
-  parser.add_argument("dst", help="Destination (local path or gs://).")
-  parser.add_argument("--splits", default=None, help="Comma-separated splits (default: all).")
-  parser.add_argument("--threads", type=int, default=8, help="Files copied in parallel.")
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="fstfl-copy-data", doc=__doc__)
   splits = args.splits.split(",") if args.splits else None
   files, size = copy_data_dir(args.src, args.dst, splits, args.threads)
   print(f"{args.dst}: copied {files} file(s), {size / 2**20:.1f} MiB; the rest was already there.")

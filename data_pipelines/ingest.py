@@ -15,7 +15,7 @@ keeps its own split folder names. Label conventions (docs/data.md#source-layouts
           `--src` (flat or class folders); without CSVs, a tree `<train|val|validation>/<class>/`.
           Classes sorted.
   ucf101  `classInd.txt` (`1 ApplyEyeMakeup`, 1-based), `trainlist0K.txt` (`Class/v_...avi 1`),
-          `testlist0K.txt` (path only, class from the folder) for K = --split-id, in
+          `testlist0K.txt` (path only, class from the folder) for K = --split_id, in
           `ucfTrainTestlist/` or `--src`; videos under `UCF-101/` or `--src`.
   folder  `<src>/<split>/<class>/<video file or frame folder>`; classes = sorted class folders of
           `train` (or of the first split), other splits may not add classes.
@@ -266,7 +266,7 @@ def parse_k400(src: str, split_id: int = 1) -> Layout:
 
 def parse_ucf101(src: str, split_id: int = 1) -> Layout:
   if split_id not in (1, 2, 3):
-    raise LayoutError(f"UCF-101 has splits 1, 2, 3; got --split-id {split_id}.")
+    raise LayoutError(f"UCF-101 has splits 1, 2, 3; got --split_id {split_id}.")
   subdirs = ("ucfTrainTestlist", "")
   class_path = _find(src, ("classInd.txt",), subdirs)
   numbered = []

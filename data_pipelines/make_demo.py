@@ -1,7 +1,7 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
-  python -m data_pipelines.make_demo --out /tmp/demo [--videos-per-class 150
-      --val-videos-per-class 16 --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
+  python -m data_pipelines.make_demo --out /tmp/demo [--videos_per_class 150
+      --val_videos_per_class 16 --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
 
 Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
 (the actor) and two small random-texture distractors drifting in random directions, plus mild
@@ -23,7 +23,6 @@ renderer source; otherwise the command stops (a rerun into an old directory used
 an older renderer into the dataset).
 """
 
-import argparse
 import functools
 import hashlib
 import inspect
@@ -33,8 +32,10 @@ import os
 
 import av
 import numpy as np
+from absl import flags
 
 from data_pipelines import build as build_lib
+from fstfl_jax import cli
 
 CLASS_NAMES = (
   "00_move_left", "01_move_right", "02_move_up", "03_move_down", "04_move_right_fast",
@@ -208,18 +209,23 @@ def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int =
                          workers=workers, num_shards=1, name="demo")
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m data_pipelines.make_demo`: `make_demo`'s arguments, its defaults."""
+  default = {k: p.default for k, p in inspect.signature(make_demo).parameters.items()}
+  flags.DEFINE_string("out", None, "Output data dir (videos go to <out>/raw).", flag_values=fv,
+                      required=True)
+  for name, help_text in (("videos_per_class", "Train clips per class."),
+                          ("val_videos_per_class", "Validation clips per class."),
+                          ("size", "Frame height and width (even)."),
+                          ("frames", "Frames per clip."), ("seed", "Rendering seed."),
+                          ("workers", "Build processes (0: inline).")):
+    flags.DEFINE_integer(name, default[name], help_text, flag_values=fv)
+  flags.DEFINE_bool("rotate90", default["rotate90"], "Turn every clip by 90 degrees (axis "
+                    "control; class names kept).", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--videos-per-class", type=int, default=150, help="Train clips per class.")
-  parser.add_argument("--val-videos-per-class", type=int, default=16)
-  parser.add_argument("--size", type=int, default=64, help="Frame height and width (even).")
-  parser.add_argument("--frames", type=int, default=16)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--workers", type=int, default=None)
-  parser.add_argument("--rotate90", action="store_true",
-                      help="Turn every clip by 90 degrees (axis control; class names kept).")
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="make_demo", doc=__doc__)
   result = make_demo(args.out, args.videos_per_class, args.val_videos_per_class, args.size,
                      args.frames, args.seed, args.workers, args.rotate90)
   print(f"{result.out}: {len(result.class_names)} classes, "

@@ -23,7 +23,7 @@ Batches are host numpy arrays of this process's clips (B = global batch / proces
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import logging
@@ -36,7 +36,6 @@ from data_pipelines import randaugment
 from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
-from data_pipelines.transforms import normalize  # noqa: F401  (public API of the pipeline)
 
 
 def _per_process(global_batch: int, process_count: int, what: str) -> int:
@@ -62,13 +61,15 @@ class _ClipReader:
     except ValueError as e:
       raise ValueError(f"{self.data_dir}: split {self.split!r} record {index}: {e}") from e
 
+  def describe(self, record: dict[str, Any], index: int) -> Callable[[int], str]:
+    """Frame index -> where that frame of record `index` is, for errors."""
+    return lambda frame: (f"{self.data_dir}: split {self.split!r} record {index} "
+                          f"(video_id {record['video_id']!r}) frame {frame}")
+
   def frames(self, record: dict[str, Any], index: int,
              frame_indices: np.ndarray) -> transforms.JpegFrames:
     """Frames `frame_indices` [T] of the record, decoded lazily; errors name the frame."""
-    def describe(frame: int) -> str:
-      return (f"{self.data_dir}: split {self.split!r} record {index} "
-              f"(video_id {record['video_id']!r}) frame {frame}")
-    return transforms.JpegFrames(record["frames"], frame_indices, describe)
+    return transforms.JpegFrames(record["frames"], frame_indices, self.describe(record, index))
 
 
 class _BufferPool:
@@ -152,40 +153,56 @@ class TrainBatch(grain.transforms.RandomMap):
             "label": label}
 
 
+def record_views(input_cfg: ml_collections.ConfigDict, record: dict[str, Any], *, clips: int,
+                 crops: int, seed_index: int, describe: Callable[[int], str]) -> np.ndarray:
+  """The test views of one decoded record, as the eval pipeline makes them.
+
+  Args:
+    input_cfg: the config's `input` section (num_frames, sampling, resize_short, crop_size, ...).
+    record: a record of `data_pipelines.records` (JPEG `frames`, ...).
+    clips: temporal clips K.
+    crops: spatial crops per clip (1, 3 or 10).
+    seed_index: seeds random test clips with (shuffle_seed, seed_index), so they depend only on
+      the record (its index in the split), not on batching or process count.
+    describe: frame index -> where the frame is, for errors.
+
+  Returns:
+    uint8 [V, T, S, S, 3], V = clips * crops, clip-major.
+  """
+  cfg = input_cfg
+  rng = np.random.default_rng([cfg.shuffle_seed, seed_index])
+  idx = sampling.eval_indices(len(record["frames"]), cfg.num_frames, clips,
+                              sampling=cfg.sampling, dense_stride=cfg.dense_stride,
+                              clip_sampling=cfg.test_clip_sampling, rng=rng)
+  return np.concatenate([
+    transforms.eval_views(transforms.JpegFrames(record["frames"], clip, describe),
+                          resize_short=cfg.resize_short, crop_size=cfg.crop_size, crops=crops)
+    for clip in idx])
+
+
 class EvalClip(grain.transforms.Map):
   """Position in this process's padded slice -> dict(video, label, mask, index, video_id)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader, *, clips: int,
                crops: int, process_index: int, process_count: int):
     transforms.eval_boxes(cfg.resize_short, cfg.resize_short, cfg.crop_size, crops)  # Validate.
+    self.cfg = cfg
     self.reader = reader
-    self.num_frames = cfg.num_frames
-    self.sampling = cfg.sampling
-    self.dense_stride = cfg.dense_stride
-    self.clip_sampling = cfg.test_clip_sampling
-    self.seed = cfg.shuffle_seed
-    self.resize_short = cfg.resize_short
-    self.crop_size = cfg.crop_size
     self.clips, self.crops = clips, crops
     self.process_index, self.process_count = process_index, process_count
 
   def map(self, position: int) -> dict[str, np.ndarray]:
     index = self.process_index + position * self.process_count
     if index >= len(self.reader):
-      shape = (self.clips * self.crops, self.num_frames, self.crop_size, self.crop_size, 3)
+      size = self.cfg.crop_size
+      shape = (self.clips * self.crops, self.cfg.num_frames, size, size, 3)
       return dict(video=np.zeros(shape, np.uint8), label=np.int32(0), mask=np.bool_(False),
                   index=np.int32(-1), video_id=np.str_(""))
     record = self.reader.read(index)
-    # Seeded by record, so random test clips do not depend on batching or process count.
-    rng = np.random.default_rng([self.seed, index])
-    idx = sampling.eval_indices(len(record["frames"]), self.num_frames, self.clips,
-                                sampling=self.sampling, dense_stride=self.dense_stride,
-                                clip_sampling=self.clip_sampling, rng=rng)
-    views = [transforms.eval_views(self.reader.frames(record, index, clip),
-                                   resize_short=self.resize_short, crop_size=self.crop_size,
-                                   crops=self.crops) for clip in idx]
-    return dict(video=np.concatenate(views), label=np.int32(record["label"]),
-                mask=np.bool_(True), index=np.int32(index), video_id=np.str_(record["video_id"]))
+    video = record_views(self.cfg, record, clips=self.clips, crops=self.crops, seed_index=index,
+                         describe=self.reader.describe(record, index))
+    return dict(video=video, label=np.int32(record["label"]), mask=np.bool_(True),
+                index=np.int32(index), video_id=np.str_(record["video_id"]))
 
 
 def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:

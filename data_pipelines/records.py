@@ -304,7 +304,7 @@ def require_local(data_dir: str) -> None:
     raise storage.StorageError(
       f"input.data_dir={data_dir}: the shards must be on local disk (ArrayRecord cannot read "
       f"{storage.scheme(data_dir)}://). Copy them to every host with `fstfl-copy-data "
-      f"{data_dir} /local/dir` (or mount the bucket with gcsfuse) and pass "
+      f"--src {data_dir} --dst /local/dir` (or mount the bucket with gcsfuse) and pass "
       "--config.input.data_dir=/local/dir.")
 
 

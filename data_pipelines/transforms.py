@@ -1,4 +1,4 @@
-"""Per-clip image transforms: JPEG decode, TSN multi-scale crop, flips, test views, normalize.
+"""Per-clip image transforms: JPEG decode, TSN multi-scale crop, flips, test views.
 
 Train clips leave the host as whole frames at stored resolution plus resize taps (crop box and
 flip folded in); crop, resize and flip run on device (`device_transforms`). `crop_resize` is the
@@ -14,15 +14,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 
 import cv2
-import jax.numpy as jnp
 import numpy as np
 import simplejpeg
 
 from data_pipelines import randaugment as randaugment_lib
 
 FLIP_POLICIES = ("none", "flip", "flip_swap_labels")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # A candidate crop side within this many pixels of crop_size snaps to crop_size (TSN's `< 3`).
 _SNAP_PX = 3
 # cv2's own thread pool would compete with the pipeline's reader threads on few cores.
@@ -321,12 +318,3 @@ def eval_views(frames: Sequence[np.ndarray], *, resize_short: int, crop_size: in
     for c, (box, flip) in enumerate(boxes):
       _crop_resize_into(resized, box, flip, out[c, t])
   return out
-
-
-# --- Normalization -------------------------------------------------------------------------------
-
-def normalize(video: jnp.ndarray) -> jnp.ndarray:
-  """uint8 RGB [..., 3] -> float32 with ImageNet mean/std; cheap enough to run on device."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
-  std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
-  return (jnp.asarray(video).astype(jnp.float32) - mean) / std

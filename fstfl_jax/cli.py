@@ -136,8 +136,44 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(wrapped, flags_parser=parse_flags)
 
 
+USAGE_STATUS = 2  # Exit status of a bad command line.
+
+
+def parse_tool_flags(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None], *,
+                     prog: str, doc: str) -> flags.FlagValues:
+  """absl flags of one tool, parsed from `argv` (default `sys.argv[1:]`) into its own registry.
+
+  The tools import one another (gradcam uses predict's helpers, tests import them all), so
+  each defines its flags in `define(flag_values)` on a private `flags.FlagValues` instead of
+  absl's global one, where the same name (--workdir, --config) would clash; the syntax is
+  absl's everywhere (`--name=value` or `--name value`, `--flag`/`--noflag`, underscores).
+  `--help` prints `doc` and the flags and exits 0; a bad, missing or positional argument
+  prints `<prog>: error: ...` and exits `USAGE_STATUS`.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  values = flags.FlagValues()
+  define(values)
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+    print(f"{doc.strip()}\n\nflags:\n{values.get_help(include_special_flags=False)}")
+    sys.exit(0)
+  try:
+    rest = values([prog] + argv)
+    if len(rest) > 1:
+      raise flags.Error(f"unexpected arguments {rest[1:]}; every argument is a --flag")
+  except flags.Error as e:
+    usage_error(prog, str(e))
+  return values
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+  """A bad command line: `<prog>: error: <message>` on one line, exit status `USAGE_STATUS`."""
+  print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(USAGE_STATUS)
+
+
 def run_main(main: Callable[[], int]) -> NoReturn:
-  """Runs an argparse-style `main() -> exit status` with quiet logs and FATAL lines."""
+  """Runs a `main() -> exit status` (flags from `parse_tool_flags`) with quiet logs and FATAL
+  lines."""
   quiet_third_party_logs()
   try:
     status = main()

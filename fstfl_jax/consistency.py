@@ -12,7 +12,7 @@ batch. `check` compares, from the data dir's metadata and one record per split:
 
 and raises one `ConsistencyError` with a line per mismatch, each naming both values and the
 `--config` flag that fixes it. `config.train.num_train_examples` = 0 (the dataset configs'
-default; the published sizes stay in `configs/common.py` as documentation) becomes the train
+default; the published sizes stay in `configs/<dataset>.py` as documentation) becomes the train
 split's real size; a value set on purpose is kept, with a warning when it differs.
 """
 
@@ -74,7 +74,7 @@ def mismatches(config: ml_collections.ConfigDict, meta: records.DatasetMeta, *, 
     if inp.crop_size > short:
       out.append(f"config.input.crop_size={inp.crop_size} but the frames stored in {data_dir} "
                  f"have a short side of {short} ({where}); fix with "
-                 f"--config.input.crop_size={short} (or rebuild the data with --short-side "
+                 f"--config.input.crop_size={short} (or rebuild the data with --short_side "
                  f">= {inp.crop_size})")
   return out
 

@@ -9,7 +9,9 @@ counts it); a `dot_general` costs `output elements x contracted size`.
 Each counted op keeps its name stack (Flax runs every module method under `jax.named_scope`, so
 the stack reads like `VideoNet/layer1_0/gsf/...`), which lets callers attribute cost to modules
 and drop scopes that must be counted analytically instead (the STC correlation, whose fast
-all-pairs implementation does more work than the exact local-window count).
+all-pairs implementation does more work than the exact local-window count; the STC names that
+scope `CORRELATION_SCOPE`, and `exact_correlation` computes the exact count from each STC's own
+settings and input shapes).
 """
 
 import contextlib
@@ -17,16 +19,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from unittest import mock
 
 import flax.linen as nn
 import jax
 from jax.extend import core
 
-from fstfl_jax.models import correlation
+from fstfl_jax.models import stc as stc_lib
 
 # Name scope that marks the correlation's traced ops (see `exact_correlation`).
-CORRELATION_SCOPE = "correlation"
+CORRELATION_SCOPE = stc_lib.CORRELATION_SCOPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,30 +178,24 @@ def correlation_macs(shape: Sequence[int], max_disp: int, offsets: Sequence[int]
 
 @contextlib.contextmanager
 def exact_correlation() -> Iterator[list[tuple[tuple[str, ...], int]]]:
-  """Makes correlation cost analytic while a Flax model is traced inside the block.
+  """Collects the exact correlation MACs of every STC of a Flax model traced inside the block.
 
-  Every `correlation.correlate` call then runs under the name scope `CORRELATION_SCOPE` (so its
-  traced ops can be dropped with `in_scope`) and appends `(module path, exact MACs)` to the
-  yielded list. Needed because the fast all-pairs implementation computes every position pair
-  (8.2 GMACs at res3) where the module defines a 13x13 window (1.76 GMACs).
+  Each call of an STC's correlation step (one per correlation source) appends `(module path,
+  exact MACs)` to the yielded list, computed by `correlation_macs` from the step's input
+  `[B, T, H, W, C]`, its D and the module's own offsets and boundary. The traced ops of the
+  correlation itself run under the name scope `CORRELATION_SCOPE`, so callers drop them with
+  `in_scope`. Needed because the fast all-pairs implementation computes every position pair
+  where the module defines a (2D+1)^2 window.
   """
   records: list[tuple[tuple[str, ...], int]] = []
-  module_paths: list[tuple[str, ...]] = []
-  traced = correlation.correlate
 
-  def track_module(next_fun, args, kwargs, context):
-    module_paths.append(tuple(context.module.path))
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      module_paths.pop()
+  def count(next_fun, args, kwargs, context):
+    if isinstance(context.module, stc_lib.STC) and context.method_name == "_features":
+      v, d = args[0], args[1]  # _features(v [B, T, H, W, C], d, mlps).
+      settings = context.module.settings
+      records.append((tuple(context.module.path), correlation_macs(
+        v.shape, d, settings.offsets, settings.temporal_boundary)))
+    return next_fun(*args, **kwargs)
 
-  def counted(x, *, max_disp, offsets, boundary="zero", valid_pairs_only=True, **kwargs):
-    macs = correlation_macs(x.shape, max_disp, offsets, boundary, valid_pairs_only)
-    records.append((module_paths[-1] if module_paths else (), macs))
-    with jax.named_scope(CORRELATION_SCOPE):
-      return traced(x, max_disp=max_disp, offsets=offsets, boundary=boundary,
-                    valid_pairs_only=valid_pairs_only, **kwargs)
-
-  with mock.patch.object(correlation, "correlate", counted), nn.intercept_methods(track_module):
+  with nn.intercept_methods(count):
     yield records

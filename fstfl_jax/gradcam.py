@@ -27,9 +27,7 @@ the clip rather than per frame keeps the frames comparable: a frame with little 
 stays dark.
 """
 
-import argparse
 import dataclasses
-import io
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -38,22 +36,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from data_pipelines import pipeline
 from fstfl_jax import cli
 from fstfl_jax import guards
-from fstfl_jax import predict
+from fstfl_jax import inference
+from fstfl_jax import reporting
 from fstfl_jax import sharding
-from fstfl_jax import storage
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 
 LAYERS = ("res5", "res4", "res3", "res3_stc", "res2")
-# Heat-map opacity over the frames; cold (blue) regions stay readable.
-OVERLAY_ALPHA = 0.45
-COLORMAP = "jet"
-# Jitted gradient functions by (model, layer): repeated calls (tests, notebooks) compile once.
-_FN_CACHE: dict[tuple[str, str], Callable[..., tuple[jax.Array, ...]]] = {}
 
 
 @dataclasses.dataclass
@@ -76,31 +69,31 @@ def _variables(variables: Mapping[str, Any]) -> dict[str, Any]:
   return {k: variables[k] for k in ("params", "batch_stats") if k in variables}
 
 
-def available_layers(model: Any, variables: Mapping[str, Any], video: jax.Array) -> list[str]:
-  """The stage outputs that this model exposes for `video` (no computation, shapes only)."""
-  _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, mutable=["perturbations"]),
-                            _variables(variables), video)
-  return sorted(state["perturbations"])
-
-
 def make_layer_gradients(model: Any, layer: str) -> Callable[..., tuple[jax.Array, ...]]:
   """A jitted `(variables, video, class_index) -> (logits, activations, gradients)`.
 
   Args of the returned function:
     variables: {'params', 'batch_stats'}.
-    video: normalised float [B, T, S, S, 3].
+    video: uint8 [B, T, S, S, 3].
     class_index: int32 [B]; a negative entry means the clip's own top-1 class.
 
   Returns:
     logits float32 [B, K]; the layer's activations and the gradients of the chosen class logits
     with respect to them, both float32 [B*T, h, w, C] (frames folded into the batch). The clips
     are independent in eval mode, so one gradient of the summed class logits serves the batch.
+
+  Raises (when first called):
+    ValueError: `layer` is not a stage output of this model.
   """
 
   def fn(variables, video, class_index):
     variables = _variables(variables)
     _, shapes = jax.eval_shape(
       lambda x: model.apply(variables, x, train=False, mutable=["perturbations"]), video)
+    if layer not in shapes["perturbations"]:
+      raise ValueError(f"Layer {layer!r} is not an output of this model; it has "
+                       f"{sorted(shapes['perturbations'])} (res3_stc exists only for fstfl with "
+                       "an STC after res3).")
     # Every tapped stage must have an entry once the collection is given (flax raises otherwise).
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["perturbations"])
 
@@ -115,10 +108,7 @@ def make_layer_gradients(model: Any, layer: str) -> Callable[..., tuple[jax.Arra
     grads, (logits, acts) = jax.grad(class_logits, has_aux=True)(zeros)
     return logits, acts.astype(jnp.float32), grads[layer].astype(jnp.float32)
 
-  key = (repr(model), layer)  # A linen module's repr lists all its attributes (its config).
-  if key not in _FN_CACHE:
-    _FN_CACHE[key] = jax.jit(fn)
-  return _FN_CACHE[key]
+  return jax.jit(fn)
 
 
 def gradcam_maps(activations: np.ndarray, gradients: np.ndarray, num_frames: int) -> np.ndarray:
@@ -136,70 +126,24 @@ def upsample_normalise(cam: np.ndarray, size: int) -> np.ndarray:
   return np.divide(out, peak, out=np.zeros_like(out), where=peak > 0).astype(np.float32)
 
 
-def compute(model: Any, variables: Mapping[str, Any], views: np.ndarray, layer: str,
-            class_index: int | None = None) -> GradCam:
-  """Grad-CAM of one clip `views` uint8 [1, T, S, S, 3] at `layer` for `class_index` (or top-1)."""
-  video = pipeline.normalize(views)
-  layers = available_layers(model, variables, video)
-  if layer not in layers:
-    raise ValueError(f"Layer {layer!r} is not an output of this model; it has {layers} "
-                     "(res3_stc exists only for fstfl with an STC after res3).")
-  fn = make_layer_gradients(model, layer)
-  index = np.asarray([-1 if class_index is None else class_index], np.int32)
-  logits, acts, grads = jax.device_get(fn(variables, video, index))
-  raw = gradcam_maps(acts, grads, views.shape[1])[0]
-  chosen = int(np.argmax(logits[0])) if class_index is None else class_index
-  return GradCam(cam=upsample_normalise(raw, views.shape[2]), raw=raw, class_index=chosen,
-                 probs=predict.softmax(logits[0].astype(np.float64)).astype(np.float32))
+def make_gradcam(model: Any, layer: str) -> Callable[..., GradCam]:
+  """`explain(variables, views, class_index=None) -> GradCam` for stage output `layer`.
 
-
-def overlay(frames: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-  """uint8 [T, S, S, 3] frames blended with the colour-mapped cam [T, S, S] -> uint8."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top  (plots only)
-  heat = colormaps[COLORMAP](cam)[..., :3] * 255.0
-  return ((1 - alpha) * frames + alpha * heat).round().clip(0, 255).astype(np.uint8)
-
-
-def save_figure(frames: np.ndarray, cam: np.ndarray, path: str, title: str,
-                metadata: Mapping[str, str] | None = None) -> None:
-  """The paper's Figure 6 layout as a PNG: the T frames (row "Raw") above the same frames
-  with the heat map overlaid (row "Grad-CAM"), one column per sampled moment T0..T{T-1}.
-
-  `metadata` goes into the PNG's text chunks (e.g. class and layer, for scripts).
+  `views` is one clip, uint8 [1, T, S, S, 3]; `class_index` None explains the top-1 class. The
+  gradient function is compiled once, on the first call; keep `explain` to reuse it.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top  (plots only)
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  gradients = make_layer_gradients(model, layer)
 
-  t = len(frames)
-  fig, axes = plt.subplots(2, t, figsize=(1.5 * t + 0.6, 3.6), squeeze=False)
-  for row, images in enumerate((frames, overlay(frames, cam))):
-    for i, ax in enumerate(axes[row]):
-      ax.imshow(images[i], interpolation="bilinear")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if row == 0:
-        ax.set_title(f"T{i}", fontsize=9)
-    axes[row, 0].set_ylabel(("Raw", "Grad-CAM")[row], fontsize=9)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  storage.save_figure(fig, path, dpi=100, metadata=dict(metadata or {}))
-  plt.close(fig)
+  def explain(variables: Mapping[str, Any], views: np.ndarray,
+              class_index: int | None = None) -> GradCam:
+    index = np.asarray([-1 if class_index is None else class_index], np.int32)
+    logits, acts, grads = jax.device_get(gradients(variables, jnp.asarray(views), index))
+    raw = gradcam_maps(acts, grads, views.shape[1])[0]
+    chosen = int(np.argmax(logits[0])) if class_index is None else class_index
+    return GradCam(cam=upsample_normalise(raw, views.shape[2]), raw=raw, class_index=chosen,
+                   probs=inference.softmax(logits[0].astype(np.float64)).astype(np.float32))
 
-
-def save_gif(frames: np.ndarray, cam: np.ndarray, path: str, *, fps: float = 4.0,
-             min_side: int = 192) -> None:
-  """The overlaid frames as a looping animated GIF, enlarged to at least `min_side` pixels."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  blended = overlay(frames, cam)
-  scale = max(1, -(-min_side // blended.shape[1]))
-  images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
-                                      Image.Resampling.BILINEAR) for f in blended]
-  buf = io.BytesIO()
-  images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                 duration=int(1000 / fps), loop=0)
-  storage.write_bytes(path, buf.getvalue())
+  return explain
 
 
 def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
@@ -214,45 +158,46 @@ def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
                    f"classes: {list(names)[:20]}{' ...' if len(names) > 20 else ''}.")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m fstfl_jax.gradcam",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
-  parser.add_argument("--video", required=True, help="A video file or a frame folder.")
-  parser.add_argument("--out", required=True, help="PNG to write.")
-  parser.add_argument("--layer", choices=LAYERS, default="res5")
-  parser.add_argument("--class", dest="class_", default=None, metavar="NAME_OR_INDEX",
-                      help="Class to explain; default the predicted one.")
-  parser.add_argument("--gif", default=None, help="Also write an animated GIF here.")
-  parser.add_argument("--config", default=None,
-                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
-  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-  return parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m fstfl_jax.gradcam` (see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("video", None, "A video file or a frame folder.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("out", None, "PNG to write.", flag_values=fv, required=True)
+  flags.DEFINE_enum("layer", "res5", LAYERS, "Stage output to explain.", flag_values=fv)
+  flags.DEFINE_string("class", None, "Class to explain (name or index); default the predicted "
+                      "one.", flag_values=fv)
+  flags.DEFINE_string("gif", None, "Also write an animated GIF here.", flag_values=fv)
+  flags.DEFINE_string("config", None, "configs/<dataset>.py[:variants]; default "
+                      "<workdir>/config.json.", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to restore.",
+                    flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
-  config = predict.load_config(args.workdir, args.config)
-  names = predict.class_names(config)
-  class_index = resolve_class(args.class_, names)
+  args = cli.parse_tool_flags(argv, define_flags, prog="gradcam", doc=__doc__)
+  config = inference.load_config(args.workdir, args.config)
+  names = inference.class_names(config, "gradcam")
+  class_index = resolve_class(args["class"].value, names)
   mesh = sharding.make_mesh(1)  # One clip: a single device does it.
   try:
     views = video_io.load_views(args.video, config.input, clips=1, crops=1,
                                 settings=video_io.decode_settings(config.input.data_dir))
-    variables, step = predict.restore_variables(config, args.workdir, args.checkpoint, mesh)
+    variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)
   except (video_io.VideoError, guards.NonFiniteError) as e:  # One line, as predict prints it.
     print(f"gradcam: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1
-  result = compute(build_model(config.model), variables, views, args.layer, class_index)
+  result = make_gradcam(build_model(config.model), args.layer)(variables, views, class_index)
   name = names[result.class_index]
   title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "
            f"{config.model.name} step {step}\n{os.path.basename(args.video)}")
-  save_figure(views[0], result.cam, args.out, title,
-              metadata={"class": name, "layer": args.layer, "step": str(step)})
+  reporting.save_gradcam_figure(views[0], result.cam, args.out, title,
+                                metadata={"class": name, "layer": args.layer, "step": str(step)})
   print(f"{args.out}: Grad-CAM of {name!r} (p={result.probs[result.class_index]:.3f}) at "
         f"{args.layer} ({result.raw.shape[1]}x{result.raw.shape[2]} map)")
   if args.gif:
-    save_gif(views[0], result.cam, args.gif)
+    reporting.save_gradcam_gif(views[0], result.cam, args.gif)
     print(f"{args.gif}: animated")
   return 0
 

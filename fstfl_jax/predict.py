@@ -1,24 +1,24 @@
 r"""Classify video files with a trained checkpoint: top-k class names and probabilities.
 
   python -m fstfl_jax.predict --workdir workdirs/demo \
-      --video demo_data/raw/validation/01_move_right [more files or folders] \
+      --video demo_data/raw/validation/01_move_right [--video more files or folders] \
       [--topk 5] [--json] [--checkpoint latest|best] [--batch_size N] [--clips K --crops C]
 
 The config comes from `<workdir>/config.json` (written by `fstfl_jax.main`), or from
-`--config configs/<dataset>.py[:variants]`. Every file is decoded and transformed exactly as
-the eval pipeline does it (`fstfl_jax.video_io`), with the views of the protocol the training
-validated with (`config.train_eval`) unless --clips/--crops are given, and scored by the
-eval step itself (`evaluate.make_eval_step`): the softmax of the view-averaged logits. A
-folder stands for the video files below it. Class names come from the dataset metadata in
-`config.input.data_dir` (class indices if it is absent).
+`--config configs/<dataset>.py[:variants]` (`fstfl_jax.inference`). Every file is decoded and
+transformed exactly as the eval pipeline does it (`fstfl_jax.video_io`), with the views of the
+protocol the training validated with (`config.train_eval`) unless --clips/--crops are given,
+and scored by the eval step itself (`evaluate.make_eval_step`): the softmax of the
+view-averaged logits. A folder stands for the video files below it. Class names come from the
+dataset metadata in `config.input.data_dir` (class indices if it is absent).
 
 Output on stdout, one line per video: `PATH: name1 0.912, name2 0.041, ...`, or with --json one
 object per line: {"video", "step", "topk": [{"index", "class", "prob"}, ...]}. A file that
 cannot be decoded gets one line on stderr and the others still run. Exit status: 0 if at least
-one video was classified, 1 if none was (every file failed), 2 on bad arguments.
+one video was classified, 1 if none was (every file failed), 2 on bad arguments. Flags use absl
+syntax, as every command of the project (`--help` lists them).
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -29,19 +29,15 @@ from typing import Any
 
 import jax
 import ml_collections
-from ml_collections.config_flags import config_flags
+from absl import flags
 import numpy as np
-from absl import logging
 
-from data_pipelines import pipeline
-from data_pipelines import records
-from fstfl_jax import checkpointing
 from fstfl_jax import cli
 from fstfl_jax import evaluate
 from fstfl_jax import guards
+from fstfl_jax import inference
 from fstfl_jax import metrics as metrics_lib
 from fstfl_jax import sharding
-from fstfl_jax import storage
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 
@@ -49,58 +45,11 @@ ERROR_STATUS_ALL_FAILED = 1
 PROGRESS_EVERY_S = 10.0  # Seconds between progress lines on stderr.
 
 
-def load_config(workdir: str, config_spec: str | None = None) -> ml_collections.ConfigDict:
-  """`--config` (`path[:variants]`, as main.py takes it), else `<workdir>/config.json`."""
-  if config_spec:
-    return config_flags.ConfigFileFlagParser(name="config").parse(
-      cli.installed_config(config_spec))
-  path = storage.path(workdir) / "config.json"
-  if not path.exists():
-    raise storage.StorageError(f"{path}: missing; pass --config configs/<dataset>.py (the "
-                               "config the run was trained with).")
-  return ml_collections.ConfigDict(storage.read_json(path))
-
-
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The dataset's class names, or "class <i>" when its metadata is not on this machine."""
-  k = config.model.num_classes
-  try:
-    names = records.read_info(config.input.data_dir).class_names
-    problem = f"it names {len(names)} classes"
-  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types; fall back)
-    names, problem = [], " ".join(f"{type(e).__name__}: {e}".split())
-  if len(names) != k:
-    print(f"predict: warning: no names for the model's {k} classes in data dir "
-          f"{config.input.data_dir!r} ({problem}); printing class indices.", file=sys.stderr)
-    return [f"class {i}" for i in range(k)]
-  return names
-
-
 def default_views(config: ml_collections.ConfigDict) -> tuple[int, int, int | None]:
   """(clips, crops, views_per_step) of the protocol validated during training."""
   name = evaluate.training_protocol(config)
   clips, crops = evaluate.protocol_views(config, name)
   return clips, crops, config.evals[name].get("views_per_step")
-
-
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoint: str,
-                      mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], int]:
-  """({'params', 'batch_stats'} replicated on `mesh`, step) of the latest or best checkpoint.
-
-  Raises:
-    guards.NonFiniteError: the checkpoint holds NaN or Inf (its predictions would be NaN).
-  """
-  # Orbax warns on every read-only restore; those lines would bury the per-file output.
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    step = evaluate.checkpoint_step(config, workdir, checkpoint)
-    state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
-  finally:
-    logging.set_verbosity(verbosity)
-  variables = dict(params=state["params"], batch_stats=state["batch_stats"])
-  guards.check_finite_variables(variables, f"{workdir} checkpoint step {step}")
-  return variables, step
 
 
 class Predictor:
@@ -122,8 +71,8 @@ class Predictor:
     self.clips, self.crops = clips, crops
     self.batch_size = -(-max(1, batch_size) // mesh.size) * mesh.size
     self.settings = video_io.decode_settings(config.input.data_dir)
-    self.step_fn = evaluate.make_eval_step(build_model(config.model), pipeline.normalize,
-                                           config.model.num_classes, views_per_step, True)
+    self.step_fn = evaluate.make_eval_step(build_model(config.model), config.model.num_classes,
+                                           views_per_step)
 
   def load(self, path: str) -> np.ndarray:
     """uint8 [V, T, S, S, 3]; raises `video_io.VideoError`."""
@@ -171,14 +120,9 @@ class Predictor:
       return None, " ".join(str(e).split())  # One line, whatever FFmpeg said.
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.exp(logits - logits.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
-
-
 def top_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[dict[str, Any]]:
   """The k most probable classes of one video [K], ties in class order."""
-  probs = softmax(logits.astype(np.float64))
+  probs = inference.softmax(logits.astype(np.float64))
   order = np.argsort(-logits, kind="stable")[:k]
   return [dict(index=int(i), **{"class": names[i]}, prob=float(probs[i])) for i in order]
 
@@ -187,42 +131,39 @@ def format_line(path: str, top: Sequence[Mapping[str, Any]]) -> str:
   return f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m fstfl_jax.predict", description=__doc__.split("\n\n")[0],
-    epilog="Exit status: 0 if any video was classified, 1 if all failed, 2 on bad arguments.")
-  parser.add_argument("--workdir", required=True, help="Training workdir (checkpoints/).")
-  parser.add_argument("--video", nargs="+", required=True, metavar="PATH",
-                      help="Video files, frame folders, or folders of videos.")
-  parser.add_argument("--config", default=None,
-                      help="configs/<dataset>.py[:variants]; default <workdir>/config.json.")
-  parser.add_argument("--topk", type=int, default=5)
-  parser.add_argument("--json", action="store_true", help="One JSON object per line.")
-  parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-  parser.add_argument("--batch_size", type=int, default=None,
-                      help="Videos per model call; default the number of devices.")
-  parser.add_argument("--clips", type=int, default=None, help="Default: config.train_eval's.")
-  parser.add_argument("--crops", type=int, choices=(1, 3, 10), default=None,
-                      help="Default: config.train_eval's.")
-  args = parser.parse_args(argv)
-  if args.topk < 1 or (args.clips is not None and args.clips < 1):
-    parser.error("--topk and --clips must be positive.")
-  return args
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m fstfl_jax.predict` (see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_multi_string("video", None, "A video file, frame folder or folder of videos; "
+                            "repeat the flag for more.", flag_values=fv, required=True)
+  flags.DEFINE_string("config", None, "configs/<dataset>.py[:variants]; default "
+                      "<workdir>/config.json.", flag_values=fv)
+  flags.DEFINE_integer("topk", 5, "Classes printed per video.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_bool("json", False, "One JSON object per line.", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Checkpoint to restore.",
+                    flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Videos per model call; default the number of "
+                       "devices.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("clips", None, "Clips per video; default config.train_eval's.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("crops", None, ["1", "3", "10"], "Crops per clip; default "
+                    "config.train_eval's.", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
-  config = load_config(args.workdir, args.config)
+  args = cli.parse_tool_flags(argv, define_flags, prog="predict", doc=__doc__)
+  config = inference.load_config(args.workdir, args.config)
   clips, crops, views_per_step = default_views(config)
   if args.clips or args.crops:
-    clips, crops, views_per_step = args.clips or clips, args.crops or crops, None
+    clips, crops, views_per_step = args.clips or clips, int(args.crops or crops), None
   mesh = sharding.make_mesh()
   try:
-    variables, step = restore_variables(config, args.workdir, args.checkpoint, mesh)
+    variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)
   except guards.NonFiniteError as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return ERROR_STATUS_ALL_FAILED
-  names = class_names(config)
+  names = inference.class_names(config, "predict")
   predictor = Predictor(config, variables, mesh, clips=clips, crops=crops,
                         batch_size=args.batch_size or mesh.size, views_per_step=views_per_step)
   paths = video_io.expand_paths(args.video)

@@ -38,21 +38,18 @@ class DataModule(Protocol):
   def make_train_iter(self, input_cfg: ml_collections.ConfigDict, *, process_index: int,
                       process_count: int, seed: int) -> Iterator[Batch]: ...
 
-  def normalize(self, video: jax.Array) -> jax.Array: ...
+
+# Called as eval_fn(state, step) -> {"top1": ..., ...} (host floats).
+EvalFn = Callable[[ts.TrainState, int], dict[str, float]]
 
 
-# Called as eval_fn(config, state, mesh, step) -> {"top1": ..., ...} (host floats).
-EvalFn = Callable[[ml_collections.ConfigDict, ts.TrainState, jax.sharding.Mesh, int],
-                  dict[str, float]]
-
-
-def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    normalize: Callable[[jax.Array], jax.Array]
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule
                     ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, Metrics]]:
   """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
 
-  `batch`: video uint8 [B, T, S, S, 3] (B = global clips), label int32 [B]; or the input
-  pipeline's whole frames with resize taps (`device_transforms.train_video`). Run under `jax.jit`
+  `batch`: video uint8 [B, T, S, S, 3] (B = global clips; the model normalises it), label int32
+  [B]; or the input pipeline's whole frames with resize taps (`device_transforms.train_video`).
+  Run under `jax.jit`
   with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
   so XLA all-reduces gradients and BN statistics across devices (SyncBN).
   """
@@ -60,8 +57,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
     # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    video = normalize(device_transforms.train_video(batch))
-    labels = batch["label"]
+    video, labels = device_transforms.train_video(batch), batch["label"]
 
     def loss_fn(params):
       logits, updates = model.apply(
@@ -197,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: checkpoints, metrics.jsonl and TensorBoard events go here.
     with_eval: validate every `train.eval_every_epochs` and at the end (`train.eval_at_end`).
     data: the input pipeline module; defaults to `data_pipelines.pipeline`.
-    eval_fn: validation function; defaults to `fstfl_jax.evaluate.validate`.
+    eval_fn: validation function; defaults to `fstfl_jax.evaluate.make_validator`'s, which
+      builds its eval step once for the run.
 
   Raises:
     guards.NonFiniteError: on a non-finite loss, gradient norm, parameter or BN statistic, naming
@@ -206,8 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if data is None:
     from data_pipelines import pipeline as data  # Imported here so tests can inject data.
     config = consistency.for_training(config, with_eval)  # Fails fast on a config/data mismatch.
-  if eval_fn is None:
-    from fstfl_jax.evaluate import validate as eval_fn  # Imported here: only eval needs it.
 
   # ---------------------------------------------------------------- Mesh, model, optimizer.
   mesh = sharding_lib.make_mesh()
@@ -218,8 +213,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     model, tx, schedule, init_fn, abstract = build(config, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     guard_names = guards.quantity_names(abstract.params, abstract.batch_stats)
-    train_step = jit_train_step(make_train_step(model, tx, schedule, data.normalize),
+    train_step = jit_train_step(make_train_step(model, tx, schedule),
                                 mesh, state_sharding)
+    if with_eval and eval_fn is None:
+      from fstfl_jax import evaluate  # Imported here: only eval needs it.
+      eval_fn = evaluate.make_validator(config, model, mesh)
 
     # -------------------------------------------------------------------------- Input.
     train_iter = data.make_train_iter(config.input, process_index=jax.process_index(),
@@ -282,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         eval_metrics = None
         if do_eval:
-          eval_metrics = {k: float(v) for k, v in eval_fn(config, state, mesh, step).items()}
+          eval_metrics = {k: float(v) for k, v in eval_fn(state, step).items()}
           logs.write(step, eval_metrics, "val")
           logging.info("val step %d: %s", step, eval_metrics)
         if do_ckpt or stop:

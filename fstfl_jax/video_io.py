@@ -2,9 +2,9 @@
 
 A file goes through the dataset build's decoder (`data_pipelines.video_decode`: PyAV, short side
 capped, frames stored as JPEG) with the data dir's own build settings, and then through the
-eval pipeline's own `EvalClip` (segment-centre sampling, short-side resize, crops). A file
-that was ingested into the data dir therefore yields bit-identical views, and so the same
-prediction, as its record in the eval pipeline.
+eval pipeline's own `pipeline.record_views` (segment-centre sampling, short-side resize,
+crops). A file that was ingested into the data dir therefore yields bit-identical views, and so
+the same prediction, as its record in the eval pipeline.
 """
 
 import contextlib
@@ -12,7 +12,6 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import ml_collections
 import numpy as np
@@ -20,7 +19,6 @@ import numpy as np
 from data_pipelines import ingest
 from data_pipelines import pipeline
 from data_pipelines import records
-from data_pipelines import transforms
 from data_pipelines import video_decode
 from fstfl_jax import storage
 
@@ -82,27 +80,6 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   return out
 
 
-class _OneVideo:
-  """The record interface `pipeline.EvalClip` reads from, over one decoded file."""
-
-  def __init__(self, path: str, record: dict[str, Any]):
-    self.path = path
-    self.record = record
-
-  def __len__(self) -> int:
-    return 1
-
-  def read(self, index: int) -> dict[str, Any]:
-    del index
-    return self.record
-
-  def frames(self, record: dict[str, Any], index: int,
-             frame_indices: np.ndarray) -> transforms.JpegFrames:
-    del index
-    return transforms.JpegFrames(record["frames"], frame_indices,
-                                 lambda frame: f"{self.path}: frame {frame}")
-
-
 @contextlib.contextmanager
 def _local_copy(path: str) -> Iterator[str]:
   """A local file for the decoder: `path` itself, or a temporary download of a `gs://` file."""
@@ -144,9 +121,8 @@ def load_views(path: str, input_cfg: ml_collections.ConfigDict, *, clips: int, c
     record, reason = video_decode.make_record(task)
   if record is None:
     raise VideoError(f"{path}: cannot decode ({reason}).")
-  clip = pipeline.EvalClip(input_cfg, _OneVideo(path, record), clips=clips, crops=crops,
-                           process_index=0, process_count=1)
   try:
-    return clip.map(0)["video"]
+    return pipeline.record_views(input_cfg, record, clips=clips, crops=crops, seed_index=0,
+                                 describe=lambda frame: f"{path}: frame {frame}")
   except ValueError as e:
     raise VideoError(str(e)) from e

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from configs import common, recipe
-from data_pipelines import pipeline
 from fstfl_jax import checkpointing
 from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
@@ -61,8 +60,6 @@ class _Batches(grain.transforms.Map):
 class SyntheticData:
   """A `train.DataModule` with a checkpointable grain iterator over synthetic clips."""
 
-  normalize = staticmethod(pipeline.normalize)
-
   def __init__(self, cfg, events=None):
     self.cfg, self.events = cfg, dict(events or {})
 
@@ -83,7 +80,7 @@ def tiny_config(model: str = "gsf") -> ml_collections.ConfigDict:
   config.model.update(width=8, stage_sizes=(1, 1, 1, 1))
   config.input = common.input_config("demo", num_frames=4)
   config.input.update(crop_size=32, batch_size=8)
-  recipe.add_training(config, "demo")
+  recipe.add_training(config)
   config.train.update(num_train_examples=32, num_train_steps=TOTAL_STEPS, log_every_steps=1)
   config.checkpoint.update(every_steps=2, keep_latest=2, keep_best=1)
   return config

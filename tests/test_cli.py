@@ -39,8 +39,8 @@ def _run(*args, check=True):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
   out = tmp_path_factory.mktemp("demo_data")
-  _run("data_pipelines.make_demo", "--out", str(out), "--videos-per-class", "2",
-       "--val-videos-per-class", "1", "--size", "32", "--frames", "8", "--workers", "0")
+  _run("data_pipelines.make_demo", "--out", str(out), "--videos_per_class", "2",
+       "--val_videos_per_class", "1", "--size", "32", "--frames", "8", "--workers", "0")
   return out
 
 

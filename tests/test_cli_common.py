@@ -55,3 +55,29 @@ def test_user_errors_end_in_one_fatal_line(capsys):
     cli.run_main(lambda: main([]))
   assert e.value.code == cli.FATAL_STATUS
   assert capsys.readouterr().err == "FATAL: data dir x: no such directory\n"
+
+
+def _define(fv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("workdir", None, "A directory.", flag_values=fv, required=True)
+  flags.DEFINE_multi_string("video", [], "Repeatable.", flag_values=fv)
+  flags.DEFINE_integer("topk", 5, "Positive.", lower_bound=1, flag_values=fv)
+
+
+def test_tool_flags_use_absl_syntax_and_fail_in_one_line(capsys):
+  args = cli.parse_tool_flags(["--workdir=w", "--video", "a", "--video=b"], _define, prog="tool",
+                              doc="Tool.")
+  assert (args.workdir, args.video, args.topk) == ("w", ["a", "b"], 5)
+  # The same names in another tool's registry do not clash.
+  assert cli.parse_tool_flags(["--workdir", "x"], _define, prog="other", doc="").workdir == "x"
+  for argv, expected in (([], "--workdir must have a value"), (["--workdir=w", "--topk=0"], "topk"),
+                         (["--workdir=w", "stray"], "unexpected arguments ['stray']"),
+                         (["--workdir=w", "--top-k=1"], "top-k")):
+    with pytest.raises(SystemExit) as err:
+      cli.parse_tool_flags(argv, _define, prog="tool", doc="Tool.")
+    assert err.value.code == cli.USAGE_STATUS
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tool: error: ") and expected in lines[0]
+  with pytest.raises(SystemExit) as err:
+    cli.parse_tool_flags(["--help"], _define, prog="tool", doc="Tool.")
+  assert err.value.code == 0 and "--workdir" in capsys.readouterr().out

@@ -3,9 +3,12 @@
 import logging
 import os
 
+import ml_collections
 import pytest
 
 from configs import base
+from configs import common
+from configs import demo
 from data_pipelines import build
 from fstfl_jax import checkpointing
 from fstfl_jax import consistency
@@ -31,7 +34,10 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir):
-  config = base.make_config("demo", "model=tsn,frames=4")
+  # The demo's facts and protocols with the paper's recipe.
+  config = base.make_config("demo", common.parse_arg("model=tsn,frames=4"),
+                           num_classes=demo.NUM_CLASSES, flip=demo.FLIP)
+  config.evals, config.train_eval = ml_collections.ConfigDict(demo.EVALS), "val_1x1"
   config.model.update(num_classes=len(CLASSES), width=8, stage_sizes=(1, 1, 1, 1))
   config.input.update(data_dir=data_dir, crop_size=32, resize_short=40, batch_size=8,
                       eval_batch_size=8)

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 from configs.common import model_config
 from fstfl_jax.models import build_model
 from fstfl_jax.models import convert
+from fstfl_jax.models import video_net
 from fstfl_jax.tools import convert_weights
 import torch_resnet
 
@@ -57,20 +58,29 @@ def _numpy_state(net: torch.nn.Module) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """Full-width torch ResNet-50, its outputs on 2 random 112x112 images, and the CLI's output."""
+  """Full-width torch ResNet-50, its outputs on 2 random 112x112 images, and the CLI's output.
+
+  `pixels` are uint8 [B, H, W, 3] (what our model takes and normalises itself); torch sees them
+  normalised with the ImageNet statistics in float32, as torchvision's transforms do.
+  """
   torch.manual_seed(0)
   net = torch_resnet.ResNet(num_classes=_NUM_CLASSES)
   _randomise(net, seed=1)
-  images = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+  pixels = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+  mean = np.asarray(video_net.IMAGENET_MEAN, np.float32)
+  std = np.asarray(video_net.IMAGENET_STD, np.float32)
+  images = torch.from_numpy(np.ascontiguousarray(
+    ((pixels / np.float32(255) - mean) / std).transpose(0, 3, 1, 2)))
   with torch.no_grad():
-    res5 = net.features(images)
+    res5 = net.features(images.float())
     logits = net.fc(res5.mean(dim=(2, 3)))
   out = tmp_path_factory.mktemp("weights")
   torch.save(net.state_dict(), out / "r50.pth")
   # The real entry point, including its check against the model's abstract variables.
-  subprocess.run([sys.executable, "-m", "fstfl_jax.tools.convert_weights", str(out / "r50.pth"),
-                  str(out / "r50.msgpack"), "--check-model-config", "tsn"], check=True, cwd=_ROOT)
-  return dict(state=_numpy_state(net), images=images.numpy(), res5=res5.numpy(),
+  subprocess.run([sys.executable, "-m", "fstfl_jax.tools.convert_weights",
+                  f"--input={out / 'r50.pth'}", f"--output={out / 'r50.msgpack'}",
+                  "--check_model_config=tsn"], check=True, cwd=_ROOT)
+  return dict(state=_numpy_state(net), pixels=pixels, res5=res5.numpy(),
               logits=logits.numpy(), converted=out / "r50.msgpack")
 
 
@@ -112,10 +122,11 @@ def test_all_input_formats_convert_identically(tmp_path):
   torch.save(tensors, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
   save_file(state, str(tmp_path / "w.safetensors"))
   np.savez(tmp_path / "w.npz", **state)
-  layout = ["--width", "8", "--stage-sizes", "1,1,1,1"]
+  layout = ["--width", "8", "--stage_sizes", "1,1,1,1"]
   want = traverse_util.flatten_dict(convert.convert_state_dict(state, **_TINY))
   for name in ("w.pth", "legacy.pth", "w.safetensors", "w.npz"):
-    convert_weights.main([str(tmp_path / name), str(tmp_path / "out.msgpack")] + layout)
+    convert_weights.main([f"--input={tmp_path / name}", f"--output={tmp_path / 'out.msgpack'}"]
+                         + layout)
     got = traverse_util.flatten_dict(convert.load_converted(tmp_path / "out.msgpack"))
     assert got.keys() == want.keys(), name
     for key, value in want.items():
@@ -131,7 +142,7 @@ def test_converted_resnet50_matches_torch(reference):
   # Our fc is new by design (and only abstract here); give it torch's head to compare logits.
   merged["params"]["fc"] = {"kernel": jnp.asarray(reference["state"]["fc.weight"].T),
                             "bias": jnp.asarray(reference["state"]["fc.bias"])}
-  video = jnp.asarray(reference["images"].transpose(0, 2, 3, 1)[:, None])  # [B, T=1, H, W, 3]
+  video = jnp.asarray(reference["pixels"][:, None])  # uint8 [B, T=1, H, W, 3]
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))
   logits, state = apply(merged, video)
   (res5,) = state["intermediates"]["res5"]

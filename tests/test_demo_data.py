@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from configs.common import DATASETS
+from configs import demo
 from data_pipelines import make_demo
 from data_pipelines import records
 
@@ -78,10 +78,9 @@ def test_built_demo_sizes_names_and_decoded_motion(tmp_path):
 
 def test_default_sizes_match_the_demo_config():
   defaults = inspect.signature(make_demo.make_demo).parameters
-  demo = DATASETS["demo"]
-  assert demo["num_classes"] == len(make_demo.CLASS_NAMES)
-  assert demo["train_size"] == defaults["videos_per_class"].default * len(make_demo.CLASS_NAMES)
-  assert demo["val_size"] == defaults["val_videos_per_class"].default * len(make_demo.CLASS_NAMES)
+  assert demo.NUM_CLASSES == len(make_demo.CLASS_NAMES)
+  assert demo.TRAIN_SIZE == defaults["videos_per_class"].default * len(make_demo.CLASS_NAMES)
+  assert demo.VAL_SIZE == defaults["val_videos_per_class"].default * len(make_demo.CLASS_NAMES)
 
 
 def test_rerun_reuses_clips_only_when_rendered_the_same_way(tmp_path, monkeypatch):

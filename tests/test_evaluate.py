@@ -1,13 +1,13 @@
 """evaluate_state against a numpy hand computation from per-view logits of a tiny model.
 
-The tiny model honours the model contract (`video [N, T, H, W, 3]` normalised float ->
+The tiny model honours the model contract (`video [N, T, H, W, 3]` uint8 pixels ->
 logits [N, K], BatchNorm in eval mode), so the eval logic is tested without the cost of
 compiling a ResNet.
 """
 
+import functools
 import json
 import types
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,6 +24,7 @@ from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
+from fstfl_jax import reporting
 from fstfl_jax import scores
 from fstfl_jax import sharding
 
@@ -42,16 +43,12 @@ class TinyVideoNet(nn.Module):
   @nn.compact
   def __call__(self, video, train=False):
     n, t = video.shape[:2]
-    x = video.reshape((n * t,) + video.shape[2:])
+    # Stands in for the ImageNet normalisation of the real model: uint8 -> [0, 1].
+    x = video.reshape((n * t,) + video.shape[2:]).astype(jnp.float32) / 255.0
     x = nn.Conv(4, (3, 3))(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
     x = nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
     return x.reshape(n, t, self.num_classes).mean(axis=1)
-
-
-def scale_preprocess(video):
-  """Stands in for ImageNet normalisation (tested with the pipeline); uint8 -> [0, 1]."""
-  return video.astype(jnp.float32) / 255.0
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +73,7 @@ def dataset(model_and_vars):
   colour = rng.integers(0, 256, size=(NUM_VIDEOS, V, 1, 1, 1, 3))
   noise = rng.integers(-40, 41, size=(NUM_VIDEOS, V, T, S, S, 3))
   video = np.clip(colour + noise, 0, 255).astype(np.uint8)
-  apply = jax.jit(lambda x: model.apply(variables, scale_preprocess(x), train=False))
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))
   # Reference: the model called directly on every view on its own.
   view_logits = np.stack([np.asarray(apply(video[:, v])) for v in range(V)], axis=1)
   video_logits = view_logits.astype(np.float64).mean(axis=1)
@@ -112,11 +109,18 @@ def hand_metrics(logits, labels):
   return dict(top1=np.mean(rank < 1), top5=np.mean(rank < 5), mean_class=np.mean(per_class))
 
 
+@functools.cache
+def eval_step(model):
+  """One compiled eval step per tiny model, shared by the tests (as a run shares its own)."""
+  return evaluate.make_eval_step(model, K)
+
+
 def run(model_and_vars, batches, mesh, **kwargs):
   model, variables = model_and_vars
   variables = jax.device_put(variables, sharding.replicated(mesh))
-  return evaluate.evaluate_state(model, variables, iter(batches), mesh=mesh, num_classes=K,
-                                 num_batches=len(batches), preprocess=scale_preprocess, **kwargs)
+  return evaluate.evaluate_state(eval_step(model), variables, iter(batches),
+                                 mesh=mesh, num_classes=K,
+                                 num_batches=len(batches), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +195,7 @@ def test_mesh_and_order_do_not_matter(model_and_vars, dataset, mesh8, mesh_kind)
 @pytest.mark.parametrize("views_per_step", [None, 1, 3])
 def test_view_average_is_mean_of_per_view_logits(model_and_vars, dataset, mesh8, views_per_step):
   model, variables = model_and_vars
-  step = evaluate.make_eval_step(model, scale_preprocess, K, views_per_step, True)
+  step = evaluate.make_eval_step(model, K, views_per_step)
   batch = make_batches(dataset)[0]
   with jax.set_mesh(mesh8):
     out = step(jax.device_put(variables, sharding.replicated(mesh8)),
@@ -215,8 +219,8 @@ def test_short_input_and_bad_batches_are_rejected(model_and_vars, dataset, mesh8
   batches = make_batches(dataset)
   model, variables = model_and_vars
   with pytest.raises(ValueError, match="ended after 3 batches; 4 were expected"):
-    evaluate.evaluate_state(model, variables, iter(batches), mesh=mesh8, num_classes=K,
-                            num_batches=4, preprocess=scale_preprocess)
+    evaluate.evaluate_state(eval_step(model), variables, iter(batches), mesh=mesh8,
+                            num_classes=K, num_batches=4)
   bad = [dict(batches[0], label=np.full(B, K, np.int32))]
   with pytest.raises(ValueError, match=r"labels outside \[0, 7\)"):
     run(model_and_vars, bad, mesh8)
@@ -239,17 +243,17 @@ def _png(path):
 def test_confusion_png(tmp_path, k, names):
   confusion = np.random.default_rng(k).integers(0, 9, size=(k, k))
   path = tmp_path / "c.png"
-  evaluate.save_confusion_png(confusion, str(path), title="t", class_names=names)
+  reporting.save_confusion_png(confusion, str(path), title="t", class_names=names)
   image = _png(path)
   assert image.format == "PNG" and image.text["num_classes"] == str(k)
   # The picture depends on the matrix.
-  evaluate.save_confusion_png(np.eye(k, dtype=int), str(tmp_path / "eye.png"), title="t",
+  reporting.save_confusion_png(np.eye(k, dtype=int), str(tmp_path / "eye.png"), title="t",
                               class_names=names)
   other = _png(tmp_path / "eye.png")
   assert other.size == image.size
   assert np.any(np.asarray(other) != np.asarray(image))
   with pytest.raises(ValueError, match="class names"):
-    evaluate.save_confusion_png(confusion, str(path), class_names=["x"])
+    reporting.save_confusion_png(confusion, str(path), class_names=["x"])
 
 
 NUM_VAL, DATA_K = 7, 12  # Written dataset: 7 validation videos, the 12 classes of "demo".
@@ -287,7 +291,7 @@ def data_dir(tmp_path_factory, written_model):
   model, variables = written_model
   batches = list(pipeline.make_eval_iter(_config(probe).input))
   video = np.concatenate([b["video"] for b in batches])[:NUM_VAL, 0]
-  logits = model.apply(variables, pipeline.normalize(video), train=False)
+  logits = model.apply(variables, video, train=False)
   labels[1::2] = np.argmax(logits, axis=-1)[1::2]
   return _write_split(str(tmp_path_factory.mktemp("videos")), frames, labels)
 
@@ -345,7 +349,7 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
   results = evaluate.evaluate(config, str(workdir), checkpoint="best", with_predictions=True,
                               mesh=mesh1)
 
-  apply = jax.jit(lambda x: model.apply(variables, pipeline.normalize(x), train=False))
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))
   video_logits = {}
   for name, (clips, crops) in (("val_1x1", (1, 1)), ("val_2x3", (CLIPS, CROPS))):
     batches = list(pipeline.make_eval_iter(evaluate.protocol_input(config, name), clips=clips,
@@ -378,25 +382,13 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
   assert saved["video_id"] == [f"v{v}" for v in range(NUM_VAL)]
   np.testing.assert_allclose(saved["logits"], video_logits["val_2x3"], rtol=1e-5, atol=1e-5)
 
-  # The train loop's EvalFn: scalars of the cheapest protocol.
-  scalars = evaluate.validate(config, types.SimpleNamespace(**variables), mesh1, 12)
-  assert scalars["top1"] == pytest.approx(results["val_1x1"]["top1"])
-  assert scalars["num_videos"] == NUM_VAL and "confusion" not in scalars
-
-
-class ConfiguredNet(nn.Module):
-  """Holds a ConfigDict, like the real model, which makes the module unhashable."""
-  cfg: Any
-
-  @nn.compact
-  def __call__(self, video, train=False):
-    return nn.Dense(self.cfg.num_classes)(video.mean(axis=(1, 2, 3)))
-
-
-def test_eval_step_is_reused_for_a_rebuilt_model():
-  def build(k):
-    return ConfiguredNet(ml_collections.ConfigDict(dict(num_classes=k)))
-  step = evaluate.make_eval_step(build(3), scale_preprocess, 3, None, False)
-  assert evaluate.make_eval_step(build(3), scale_preprocess, 3, None, False) is step
-  assert evaluate.make_eval_step(build(4), scale_preprocess, 4, None, False) is not step
-  assert evaluate.make_eval_step(build(3), scale_preprocess, 3, 1, False) is not step
+  # The train loop's EvalFn: scalars of the cheapest protocol, with one eval step per run.
+  built = []
+  make_eval_step = evaluate.make_eval_step
+  monkeypatch.setattr(evaluate, "make_eval_step", lambda *a: built.append(a) or make_eval_step(*a))
+  validate = evaluate.make_validator(config, model, mesh1)
+  for step in (12, 14):
+    scalars = validate(types.SimpleNamespace(**variables), step)
+    assert scalars["top1"] == pytest.approx(results["val_1x1"]["top1"])
+    assert scalars["num_videos"] == NUM_VAL and "confusion" not in scalars
+  assert len(built) == 1

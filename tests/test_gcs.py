@@ -52,8 +52,8 @@ def _committed_steps(workdir: str) -> list[int]:
 def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
   data = tmp_path / "data"
-  _run(ROOT, "data_pipelines.make_demo", "--out", str(data), "--videos-per-class", "2",
-       "--val-videos-per-class", "1", "--size", "32", "--frames", "8", "--workers", "0")
+  _run(ROOT, "data_pipelines.make_demo", "--out", str(data), "--videos_per_class", "2",
+       "--val_videos_per_class", "1", "--size", "32", "--frames", "8", "--workers", "0")
   cwd = tmp_path / "cwd"  # Empty: a stray local "gs:" tree would appear here.
   cwd.mkdir()
   workdir = f"{gcs}/runs/demo"
@@ -93,7 +93,7 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   remote_video = f"{gcs}/videos/{video.name}"
   storage.write_bytes(remote_video, video.read_bytes())
   out = _run(cwd, "fstfl_jax.predict", "--workdir", workdir, "--video", str(video),
-             remote_video, "--json").stdout
+             "--video", remote_video, "--json").stdout
   lines = [json.loads(line) for line in out.splitlines()]
   assert [r["video"] for r in lines] == [str(video), remote_video]
   assert lines[0]["topk"] == lines[1]["topk"] and lines[0]["step"] == STEPS
@@ -130,8 +130,8 @@ def test_common_mistakes_are_one_fatal_line(mistake, args, expected, tmp_path):
   del mistake
   data = tmp_path / "data"
   if "eval" in args:  # Needs a real data dir to get as far as the checkpoint check.
-    _run(ROOT, "data_pipelines.make_demo", "--out", str(data), "--videos-per-class", "1",
-         "--val-videos-per-class", "1", "--size", "32", "--frames", "4", "--workers", "0")
+    _run(ROOT, "data_pipelines.make_demo", "--out", str(data), "--videos_per_class", "1",
+         "--val_videos_per_class", "1", "--size", "32", "--frames", "4", "--workers", "0")
     args = [*args, f"--config.input.data_dir={data}"]
   args = [str(tmp_path / "wd") if a == "W" else a for a in args]
   proc = _run(tmp_path, "fstfl_jax.main", *args, check=False)

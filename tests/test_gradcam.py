@@ -14,15 +14,14 @@ import pytest
 from PIL import Image
 
 from configs import common
-from data_pipelines import pipeline
 from data_pipelines import sampling
 from fstfl_jax import gradcam
-from fstfl_jax import predict
+from fstfl_jax import inference
 from fstfl_jax import sharding
 from fstfl_jax import video_io
 from fstfl_jax.models import build_model
 from fstfl_jax.models.resnet import Bottleneck, stage_planes
-from fstfl_jax.models.video_net import STAGE_NAMES
+from fstfl_jax.models.video_net import STAGE_NAMES, block_parts
 
 import test_predict  # The trained run is shared with test_predict.py (one per session).
 
@@ -30,7 +29,7 @@ import test_predict  # The trained run is shared with test_predict.py (one per s
 def capture(model, variables, views) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(logits [B, K], stage outputs sown into 'intermediates': name -> [B*T, h, w, C])."""
   logits, state = jax.jit(lambda v, x: model.apply(
-    v, pipeline.normalize(x), train=False, mutable=["intermediates"]))(variables, views)
+    v, x, train=False, mutable=["intermediates"]))(variables, views)
   return np.asarray(logits), {k: np.asarray(v[0], np.float32)
                               for k, v in state["intermediates"].items()}
 
@@ -49,7 +48,7 @@ def hand_gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 def trained():
   run = test_predict.trained_run()
   config = run["config"]
-  variables, _ = predict.restore_variables(config, run["workdir"], "latest",
+  variables, _ = inference.restore_variables(config, run["workdir"], "latest",
                                            sharding.make_mesh(1))
   settings = video_io.decode_settings(config.input.data_dir)
   files = sorted(run["boxes"])
@@ -78,33 +77,35 @@ def test_res5_gradcam_is_cam_of_the_classifier(name):
   logits, acts = logits[0], acts["res5"]
   t, h, w, _ = acts.shape
   peaks = []
+  explain = gradcam.make_gradcam(model, "res5")
   for c in (None, *range(5)):
-    got = gradcam.compute(model, variables, views, "res5", class_index=c)
+    got = explain(variables, views, c)
     want_c = int(np.argmax(logits)) if c is None else c
     assert got.class_index == want_c
     grads = np.broadcast_to(np.asarray(variables["params"]["fc"]["kernel"])[:, want_c]
                             / (t * h * w), acts.shape)
     want = hand_gradcam(acts, grads)
     np.testing.assert_allclose(got.raw, want, rtol=1e-4, atol=1e-6 * max(want.max(), 1e-3))
-    np.testing.assert_allclose(got.probs, predict.softmax(logits), rtol=1e-5)
+    np.testing.assert_allclose(got.probs, inference.softmax(logits), rtol=1e-5)
     peaks.append(want.max())
   assert sum(p > 0 for p in peaks[1:]) >= 2, peaks  # Non-trivial maps were compared.
   with pytest.raises(ValueError, match="res3_stc"):
-    gradcam.compute(model, variables, views, "res3_stc" if name != "fstfl" else "res9")
+    gradcam.make_gradcam(model, "res3_stc" if name != "fstfl" else "res9")(variables, views)
 
 
-def rest_of_network(cfg, variables, layer):
+def rest_of_network(cfg, model, variables, layer):
   """The model after `layer`, rebuilt from its blocks: [T, h, w, C] -> logits [K] (one clip)."""
   params, stats = variables["params"], variables["batch_stats"]
   start = STAGE_NAMES.index(layer.removesuffix("_stc")) + 1
   assert not set(cfg.stc.stages) & set(STAGE_NAMES[start:])  # No STC after the split point.
-  planes = stage_planes(cfg)
+  planes = stage_planes(cfg.width, len(cfg.stage_sizes))
+  parts = block_parts(model, cfg.num_frames)
 
   def tail(x):
     for i in range(start, len(cfg.stage_sizes)):
       for j in range(cfg.stage_sizes[i]):
         name = f"layer{i + 1}_{j}"
-        block = Bottleneck(planes[i], 2 if j == 0 else 1, cfg, cfg.name != "tsn")
+        block = Bottleneck(planes[i], 2 if j == 0 else 1, *parts)
         x = block.apply({"params": params[name], "batch_stats": stats[name]}, x, False)
     pooled = x.mean(axis=(1, 2))
     logits = pooled @ params["fc"]["kernel"] + params["fc"]["bias"]
@@ -118,12 +119,13 @@ def test_gradcam_equals_hand_computation_on_split_model(trained, layer):
   cfg, model, variables = trained["config"].model, trained["model"], trained["variables"]
   views = next(iter(trained["views"].values()))
   logits, acts = capture(model, variables, views)
-  tail = rest_of_network(cfg, variables, layer)
+  tail = rest_of_network(cfg, model, variables, layer)
   np.testing.assert_allclose(jax.jit(tail)(acts[layer]), logits[0], rtol=1e-4, atol=1e-5)
   jacobian = np.asarray(jax.jit(jax.jacrev(tail))(jnp.asarray(acts[layer])))  # [K, T, h, w, C]
+  explain = gradcam.make_gradcam(model, layer)
   for c in range(len(test_predict.CLASSES)):
     want = hand_gradcam(acts[layer], jacobian[c])
-    got = gradcam.compute(model, variables, views, layer, class_index=c)
+    got = explain(variables, views, c)
     np.testing.assert_allclose(got.raw, want, rtol=1e-3, atol=1e-4 * max(want.max(), 1e-6))
     if want.max() > 0:
       np.testing.assert_allclose(got.cam, gradcam.upsample_normalise(want, views.shape[2]),
@@ -149,8 +151,9 @@ def test_map_sits_on_the_moving_object(trained, layer):
   that ignored the object would hold about its area (5%) of both.
   """
   energy, areas, peaks = [], [], []
+  explain = gradcam.make_gradcam(trained["model"], layer)
   for path, views in trained["views"].items():
-    result = gradcam.compute(trained["model"], trained["variables"], views, layer)
+    result = explain(trained["variables"], views)
     assert test_predict.CLASSES[result.class_index] in path  # Explains the right class.
     masks = object_masks(trained["boxes"][path])
     energy.append((result.cam * masks).sum() / result.cam.sum())

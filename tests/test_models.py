@@ -1,16 +1,21 @@
 """Model-level checks: exact parameter counts, Table 6 placements, STC knobs, bf16, jit, errors."""
 
 import copy
+import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import common
+from configs import demo
 from configs import sthv1
 from fstfl_jax.models import build_model
 from fstfl_jax.models import layers
+from fstfl_jax.models import stc_settings
+from fstfl_jax.models import video_net
 from fstfl_jax.models.stc import STC
 
 # Measured on the official GSF code (docs/gsf.md#cost) and derived in docs/stc.md#cost-budget.
@@ -84,7 +89,7 @@ def intermediates(model, variables, video):
 def tiny():
   cfg = _tiny_cfg()
   model = build_model(cfg)
-  video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+  video = jax.random.uniform(jax.random.key(0), (2, 4, 32, 32, 3), maxval=255.0)
   variables = jax.jit(lambda v: model.init({"params": jax.random.key(1)}, v, train=False))(video)
   return cfg, model, variables, video
 
@@ -142,10 +147,29 @@ def test_jit_compiles_once_per_shape(tiny):
   assert len(traces) == 2
 
 
-def test_frames_mismatch_names_the_key(tiny):
-  cfg, model, variables, _ = tiny
-  with pytest.raises(ValueError, match="model.num_frames=4"):
-    jax.eval_shape(lambda: model.apply(variables, jnp.zeros((1, 3, 32, 32, 3)), train=False))
+def test_model_normalises_pixels_with_imagenet_statistics():
+  video = np.array(list(itertools.product([0, 128, 255], repeat=3)), np.uint8).reshape(3, 9, 3)
+  want = ((video / 255.0 - np.array(video_net.IMAGENET_MEAN))
+          / np.array(video_net.IMAGENET_STD))
+  got = np.asarray(video_net.normalize(video))
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stc_settings_name_unknown_and_missing_keys():
+  cfg = _tiny_cfg()
+  cfg.stc.max_disp_per_stage = {"res3": 2}
+  assert stc_settings(cfg.stc).max_disp_per_stage == (("res3", 2),)
+  del cfg.stc["remat"]
+  cfg.stc.max_dips = 3
+  with pytest.raises(ValueError, match=r"unknown keys \['max_dips'\], missing keys \['remat'\]"):
+    stc_settings(cfg.stc)
+
+
+def test_runlocal_is_applied_after_the_dataset_values():
+  config = demo.get_config("runlocal")  # demo.py sets batch 16 and logs every 10 steps.
+  assert config.input.batch_size == config.input.eval_batch_size == 2
+  assert (config.train.num_train_steps, config.train.log_every_steps) == (4, 1)
 
 
 @pytest.mark.parametrize("bad", ["model=vit", "frame=8", "stc=res7"])
@@ -172,6 +196,29 @@ def test_ghost_batchnorm_equals_per_group_batchnorm():
                              0.1 * xs.mean(axis=1).mean(0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_on_channel_pieces_and_permuted_channels(train):
+  """Pieces of the channel axis (bn3 under GSF) and a channel order (GSF's BN3d) give what BN
+  on the whole, unpermuted tensor gives: same outputs, same running statistics."""
+  x = jax.random.normal(jax.random.key(0), (8, 3, 3, 6)) * 3 + 1
+  bn = layers.BatchNorm(group_rows=4)
+  variables = bn.init(jax.random.key(1), x, train=False)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 2, a.shape), jnp.float32),
+                           variables)
+  want, want_state = bn.apply(variables, x, train=train, mutable=["batch_stats"])
+  pieces, state = bn.apply(variables, (x[..., :2], x[..., 2:]), train=train,
+                           mutable=["batch_stats"])
+  np.testing.assert_allclose(np.concatenate(pieces, -1), np.asarray(want), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(state, want_state, rtol=1e-6)
+  order = np.array([3, 0, 5, 1, 4, 2])
+  permuted, state = bn.apply(variables, x[..., order], train=train, channel_order=order,
+                             mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(permuted), np.asarray(want)[..., order], rtol=1e-5,
+                             atol=1e-5)
+  chex.assert_trees_all_close(state, want_state, rtol=1e-6)
+
+
 @pytest.mark.parametrize("stc", [
   dict(source="both"),
   dict(temporal_boundary="circular", mask_channel=True, reduce_channels=4),
@@ -182,7 +229,7 @@ def test_stc_variants_run(stc):
   cfg = _tiny_cfg(**stc)
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2 * 4, 4, 4, 16)))
   prev = jax.nn.relu(jax.random.normal(jax.random.key(1), (2 * 4, 8, 8, 8)))
-  module = STC("res3", cfg)
+  module = STC("res3", stc_settings(cfg.stc), num_frames=4)
 
   @jax.jit
   def run(x, prev):

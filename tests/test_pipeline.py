@@ -280,10 +280,6 @@ def test_corrupt_jpeg_names_dir_split_record_video_and_frame(tmp_path):
     take(pipeline.make_train_iter(config(path, batch_size=1)), 5)
 
 
-def test_normalize_is_the_public_one():
-  assert pipeline.normalize is transforms.normalize
-
-
 def test_worker_processes_give_the_thread_stream_and_resume(data_dir):
   cfg = config(data_dir, flip="flip")
   threads = take(pipeline.make_train_iter(cfg), 3)

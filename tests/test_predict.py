@@ -15,16 +15,20 @@ import tempfile
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import base
+from configs import common
+from configs import demo
 from data_pipelines import build as build_lib
 from data_pipelines import make_demo
 from data_pipelines import pipeline
 from data_pipelines import records
 from fstfl_jax import checkpointing
 from fstfl_jax import evaluate
+from fstfl_jax import inference
 from fstfl_jax import predict
 from fstfl_jax import sharding
 from fstfl_jax import train
@@ -82,7 +86,10 @@ def make_dataset(root: str) -> dict[str, np.ndarray]:
 
 
 def tiny_config(data_dir: str):
-  config = base.make_config("demo", f"model=fstfl,frames={T}")
+  # The demo's facts and protocols with the paper's recipe.
+  config = base.make_config("demo", common.parse_arg(f"model=fstfl,frames={T}"),
+                           num_classes=demo.NUM_CLASSES, flip=demo.FLIP)
+  config.evals, config.train_eval = ml_collections.ConfigDict(demo.EVALS), "val_1x1"
   config.model.num_classes = len(CLASSES)
   config.model.width = 8
   config.model.stage_sizes = (1, 1, 1, 1)
@@ -131,8 +138,9 @@ def run():
 def eval_predictions(run):
   """The eval pipeline's per-video predictions (val_1x1) on the latest checkpoint, by file."""
   config, mesh = run["config"], sharding.make_mesh()
-  variables, _ = predict.restore_variables(config, run["workdir"], "latest", mesh)
-  result = evaluate.run_protocol(config, "val_1x1", build_model(config.model), variables, mesh,
+  variables, _ = inference.restore_variables(config, run["workdir"], "latest", mesh)
+  eval_step = evaluate.protocol_step(config, "val_1x1", build_model(config.model))
+  result = evaluate.run_protocol(config, "val_1x1", eval_step, variables, mesh,
                                  with_predictions=True)
   split = records.open_split(config.input.data_dir, "validation")
   by_file = {}
@@ -179,7 +187,7 @@ def test_top1_equals_eval_pipeline_prediction(run, eval_predictions, capsys):
     assert len(top) == len(CLASSES)      # --topk 5 is clamped to the 3 classes.
     assert [t["index"] for t in top] == row["top5"], line["video"]
     assert [t["class"] for t in top] == [CLASSES[i] for i in row["top5"]]
-    want = predict.softmax(np.asarray(row["top5_logits"], np.float64))
+    want = inference.softmax(np.asarray(row["top5_logits"], np.float64))
     np.testing.assert_allclose([t["prob"] for t in top], want, atol=1e-4)
 
 
@@ -189,8 +197,9 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
   corrupt = tmp_path / "corrupt.mp4"
   corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
   missing = str(tmp_path / "missing.mp4")
-  status = predict.main(["--workdir", run["workdir"], "--video", good[0], str(corrupt), missing,
-                         good[1], "--topk", "2", "--batch_size", "3"])
+  status = predict.main(["--workdir", run["workdir"], "--video", good[0], "--video", str(corrupt),
+                         "--video", missing, "--video", good[1], "--topk", "2",
+                         "--batch_size", "3"])
   captured = capsys.readouterr()
   assert status == 0
   out = captured.out.splitlines()
@@ -205,7 +214,7 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
   assert str(corrupt) in errors[0] and "cannot decode" in errors[0]
   assert missing in errors[1] and "not found" in errors[1]
 
-  status = predict.main(["--workdir", run["workdir"], "--video", str(corrupt), missing])
+  status = predict.main(["--workdir", run["workdir"], "--video", str(corrupt), "--video", missing])
   assert status == predict.ERROR_STATUS_ALL_FAILED
   assert capsys.readouterr().out == ""
 
@@ -221,7 +230,8 @@ def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, caps
     cut.append(str(tmp_path / f"cut{ext}"))
     with open(cut[-1], "wb") as f:
       f.write(data[:int(len(data) * 0.7)])  # PyAV decodes the first frames without an error.
-  status = predict.main(["--workdir", run["workdir"], "--video", cut[0], good, cut[1]])
+  status = predict.main(["--workdir", run["workdir"], "--video", cut[0], "--video", good,
+                         "--video", cut[1]])
   captured = capsys.readouterr()
   assert status == 0
   assert [line.split(": ")[0] for line in captured.out.splitlines()] == [good]
@@ -272,9 +282,9 @@ def test_expand_paths_walks_folders_and_keeps_frame_folders(tmp_path):
 
 def test_class_names_fall_back_to_indices(run, capsys):
   config = run["config"].copy_and_resolve_references()
-  assert predict.class_names(config) == list(CLASSES)
+  assert inference.class_names(config, "predict") == list(CLASSES)
   config.input.data_dir = "/nonexistent"
-  assert predict.class_names(config) == ["class 0", "class 1", "class 2"]
+  assert inference.class_names(config, "predict") == ["class 0", "class 1", "class 2"]
   assert "/nonexistent" in capsys.readouterr().err
 
 
@@ -285,7 +295,7 @@ def test_devices_do_not_change_predictions(run):
   outs = []
   for devices in (1, 8):
     mesh = sharding.make_mesh(devices)
-    variables, _ = predict.restore_variables(config, run["workdir"], "latest", mesh)
+    variables, _ = inference.restore_variables(config, run["workdir"], "latest", mesh)
     predictor = predict.Predictor(config, variables, mesh, clips=1, crops=1, batch_size=1)
     outs.append(np.stack([logits for _, logits, _ in predictor.run(files)]))
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)

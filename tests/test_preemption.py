@@ -23,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   data = tmp_path / "data"
-  test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos-per-class", "2",
-                "--val-videos-per-class", "1", "--size", "32", "--frames", "8", "--workers", "0")
+  test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos_per_class", "2",
+                "--val_videos_per_class", "1", "--size", "32", "--frames", "8", "--workers", "0")
   workdir = tmp_path / "run"
   port = portpicker.pick_unused_port()
   env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(1), JAX_PLATFORMS="cpu",

@@ -99,8 +99,8 @@ def test_copy_data_dir_to_bucket_and_back_resumes(tmp_path, gcs):
   from data_pipelines import copy_data
   from data_pipelines import records
   data = tmp_path / "data"
-  test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos-per-class", "1",
-                "--val-videos-per-class", "1", "--size", "32", "--frames", "4", "--workers", "0")
+  test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos_per_class", "1",
+                "--val_videos_per_class", "1", "--size", "32", "--frames", "4", "--workers", "0")
   remote, back = f"{gcs}/copy/demo", tmp_path / "back"
   files, size = copy_data.copy_data_dir(str(data), remote)
   assert files > 0 and size > 0

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from data_pipelines import pipeline
 from fstfl_jax import guards
 from fstfl_jax import sharding as sharding_lib
 from fstfl_jax import train
@@ -35,7 +34,7 @@ def _two_steps(config, num_devices):
     model, tx, schedule, init_fn, abstract = train.build(config, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-    step = train.jit_train_step(train.make_train_step(model, tx, schedule, pipeline.normalize),
+    step = train.jit_train_step(train.make_train_step(model, tx, schedule),
                                 mesh, state_sharding)
     outputs, donated = [], []
     for i in range(2):
@@ -95,7 +94,7 @@ def test_step_flags_a_nonfinite_bn_statistic():
     leaves = [x for _, x in paths]
     leaves[-1] = leaves[-1].at[0].set(np.inf)  # A running statistic of the last BN.
     state = state.replace(batch_stats=jax.tree.unflatten(treedef, leaves))
-    step = jax.jit(train.make_train_step(model, tx, schedule, pipeline.normalize))
+    step = jax.jit(train.make_train_step(model, tx, schedule))
     _, metrics = step(state, sharding_lib.to_global(_batch(config), mesh))
   names = guards.quantity_names(abstract.params, abstract.batch_stats)
   assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))

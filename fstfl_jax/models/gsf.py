@@ -1,12 +1,18 @@
 """Gate-Shift-Fuse (GSF) as the official GSF code computes it (docs/gsf.md).
 
-Layout: the input is the folded batch `[N, H, W, C]` with `N = B*T`, frames of a clip
-consecutive. GSF sits between conv3 and bn3 of every bottleneck.
+The reference gates the first C_g channels of conv3's output and re-interleaves them at the
+end. Here conv3 computes those C_g channels as their own tensor, already in the reference's
+output order (`interleave_order`), and GSF works on that tensor alone: the pass-through
+channels are never sliced out or concatenated back, and no permutation of activations is
+needed, because every step of GSF is per channel except two that act on tiny tensors (the
+fuse descriptor's channel conv and the gate conv's kernel), which are permuted instead
+(docs/gsf.md#layout-on-accelerators).
 
-    x      = fold(X[..., :C_g])                                   [B, T, H, W, C_g]
+In the reference's channel order (x = the gated channels, [B, T, H, W, C_g]):
+
     g      = tanh(Conv3d_{3x3x3, groups=2}(ReLU(BN3d(x))))        [B, T, H, W, 2]
     y_k    = g_k * x_k,   r_k = x_k - y_k                          (k = 1, 2: channel halves)
-    s_1    = shift_{t <- t+1}(y_1),  s_2 = shift_{t <- t-1}(y_2)   (zero fill, never across clips)
+    s_k    = shift_{t <- t+1}(y_1),  s_2 = shift_{t <- t-1}(y_2)   (zero fill, never across clips)
     w_k    = sigmoid(Conv2d_k^{3x3 over (c, t)}([GAP_hw(s_k); GAP_hw(r_k)]))
     z_k    = w_k * s_k + (1 - w_k) * r_k
     out    = [perm(z_1), perm(z_2), X[..., C_g:]]
@@ -14,11 +20,13 @@ consecutive. GSF sits between conv3 and bn3 of every bottleneck.
 Parameter count per module: 29*C_g + 40.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fstfl_jax.models import layers
 
@@ -34,107 +42,125 @@ def gated_channels(channels: int, ratio_percent: float) -> int:
   return c_g
 
 
-def interleave_quarters(z: jax.Array) -> jax.Array:
-  """Channel permutation of the reference: out[2j+h] = in[h*q + j], q = C/2.
+def interleave_order(c_g: int) -> np.ndarray:
+  """The reference's output permutation of the gated channels: out[p] = in[order[p]].
 
-  [..., C] -> [..., C]; the first and second halves of the channels are interleaved
-  (docs/gsf.md#re-interleave).
+  Within each half (group) of C_g/2 channels, with q = C_g/4: out[2j+h] = in[h*q + j], i.e.
+  the half's two quarters are interleaved (docs/gsf.md#re-interleave). Groups stay in place.
   """
-  q = z.shape[-1] // 2
-  z = z.reshape(z.shape[:-1] + (2, q))
-  return jnp.swapaxes(z, -1, -2).reshape(z.shape[:-2] + (2 * q,))
+  q = c_g // 4
+  index = np.arange(c_g).reshape(2, 2, q)  # [group, quarter h, j]
+  return np.swapaxes(index, 1, 2).reshape(c_g)
 
 
-def shift_time(y: jax.Array, direction: int) -> jax.Array:
-  """Shifts [B, T, ...] by one frame with zero fill.
+def shift_frames(y: jax.Array, num_frames: int, direction: int) -> jax.Array:
+  """Shifts folded frames `[B*T, ...]` by one frame within each clip, with zero fill.
 
   direction=+1: frame t receives frame t+1 (the reference's group 1, "left shift").
   direction=-1: frame t receives frame t-1 (group 2).
+  Works on the folded rows (no [B, T] reshape, which can force a relayout on accelerators);
+  rows that would receive a frame of the neighbouring clip get zeros.
   """
-  zeros = jnp.zeros_like(y[:, :1])
-  if direction > 0:
-    return jnp.concatenate([y[:, 1:], zeros], axis=1)
-  return jnp.concatenate([zeros, y[:, :-1]], axis=1)
-
-
-def stack_neighbour_frames(u: jax.Array) -> jax.Array:
-  """[B, T, H, W, C] -> [B*T, H, W, 3C]: frames t-1, t, t+1 side by side (zeros past the ends)."""
-  b, t = u.shape[:2]
-  up = jnp.pad(u, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
-  return jnp.concatenate([up[:, :t], up[:, 1:t + 1], up[:, 2:]], axis=-1).reshape(
-    (b * t,) + u.shape[2:-1] + (3 * u.shape[-1],))
+  # One pad with a negative edge drops a row at one end and adds a zero row at the other (its
+  # gradient is again a pad, which fuses; a slice + concatenate does not).
+  edges = (-1, 1) if direction > 0 else (1, -1)
+  shifted = jax.lax.pad(y, jnp.zeros((), y.dtype), [(*edges, 0)] + [(0, 0, 0)] * (y.ndim - 1))
+  frame = np.arange(y.shape[0]) % num_frames
+  keep = frame != (num_frames - 1 if direction > 0 else 0)
+  return jnp.where(keep.reshape((-1,) + (1,) * (y.ndim - 1)), shifted, jnp.zeros((), y.dtype))
 
 
 class GateConv(nn.Module):
   """The gate's Conv3d (3x3x3, zero padding 1, 2 groups -> 2 channels, with bias).
 
-  The kernel keeps the reference's shape [3, 3, 3, C_g/2, 2] (group k's C_g/2 inputs -> output
-  k), but each group runs as a 2D 3x3 conv over its three neighbouring frames stacked into
-  channels. Same result and MACs; XLA:CPU runs a grouped 3D conv with two output channels
-  poorly, and on accelerators this is an ordinary 2D conv (docs/gsf.md#gate-convolution-layout;
-  cost in the README's Benchmarks section). `[B, T, H, W, C_g] -> [B, T, H, W, 2]`.
+  The kernel keeps the reference's shape [3, 3, 3, C_g/2, 2] (group k's C_g/2 inputs ->
+  output k, in the reference's channel order); `order` says which reference channel each
+  input channel is, and the kernel's input axis is permuted to match.
+  `[B*T, H, W, C_g] -> [B*T, H, W, 2]` (folded frames).
   """
+  num_frames: int
+  order: tuple[int, ...]
   dtype: Any
 
   @nn.compact
   def __call__(self, u: jax.Array) -> jax.Array:
-    b, t, h, w, c_g = u.shape
+    c_g = u.shape[-1]
     half = c_g // 2
     kernel = self.param("kernel", layers.torch_default_kernel, (3, 3, 3, half, 2), jnp.float32)
     bias = self.param("bias", layers.torch_default_bias(half * 27), (2,), jnp.float32)
-    outs = []
-    for k in range(2):
-      # (kt, kh, kw, C/2) -> (kh, kw, kt*C/2, 1), matching the frame-major stacked channels.
-      kk = jnp.transpose(kernel[..., k], (1, 2, 0, 3)).reshape(3, 3, 3 * half, 1)
-      outs.append(jax.lax.conv_general_dilated(
-        stack_neighbour_frames(u[..., k * half:(k + 1) * half].astype(self.dtype)),
-        kk.astype(self.dtype), (1, 1), [(1, 1), (1, 1)],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32))
-    y = jnp.concatenate(outs, axis=-1) + bias
-    return y.reshape(b, t, h, w, 2).astype(self.dtype)
+    # Both groups see the same within-half permutation (interleave_order keeps groups whole).
+    kernel = kernel[:, :, :, np.asarray(self.order[:half]), :]
+    # A 3x3x3 conv is three 3x3 convs, one per temporal tap kt, whose outputs are summed after
+    # shifting frame t+kt-1 to t. All taps and both groups run as one 2D conv on the unshifted
+    # frames with 6 output channels (block-diagonal: zero weights across groups), and only the
+    # tiny 6-channel output is shifted. A grouped 3D conv or stacking neighbouring frames into
+    # channels would move the whole input through extra copies on accelerators (the former is
+    # also slow on XLA:CPU); the extra MACs are negligible.
+    block = (np.arange(c_g)[:, None] // half == np.arange(2)[None, :]).astype(np.float32)
+    kernel = jnp.concatenate([kernel, kernel], axis=3) * block  # [3, 3, 3, C_g, 2]
+    kernel = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, c_g, 6)  # out = (kt, group)
+    taps = jax.lax.conv_general_dilated(
+      u.astype(self.dtype), kernel.astype(self.dtype), (1, 1), [(1, 1), (1, 1)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    # Output frame t sums tap kt of input frame t + kt - 1 (zero past the clip's ends).
+    t = self.num_frames
+    y = (shift_frames(taps[..., 0:2], t, -1) + taps[..., 2:4]
+         + shift_frames(taps[..., 4:6], t, 1))
+    return (y + bias).astype(self.dtype)
 
 
 class GSF(nn.Module):
-  """Gate-Shift-Fuse on `[N, H, W, C]` with `N = B*T`.
+  """Gate-Shift-Fuse on the gated channels `[N, H, W, C_g]`, N = B*T, in output order.
+
+  Input and output channels are in the reference's output order (`interleave_order`): the
+  caller computes its input that way (conv3's columns permuted) and gets GSF's final output
+  with no re-interleave. Pass-through channels never enter the module.
 
   Attributes:
-    num_frames: T (static: the module reshapes [B*T] -> [B, T]).
-    ratio: percent of channels gated.
-    cfg: the model config (BN momentum/eps, dtype, ghost-BN group size).
+    num_frames: T (static: clip boundaries in the folded batch).
+    ratio: percent of the block's channels that are gated; the bottleneck reads it to have
+      conv3 emit the C_g = `gated_channels(C, ratio)` channels this module takes.
+    norm: BatchNorm of folded frames (ghost groups of whole clips).
+    dtype: compute dtype.
   """
   num_frames: int
   ratio: float
-  cfg: Any
+  norm: Callable[..., nn.Module] = layers.BatchNorm
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    n, h, w, c = x.shape
+    n, _, _, c_g = x.shape
     t = self.num_frames
-    b = n // t
-    c_g = gated_channels(c, self.ratio)
     half = c_g // 2
-    dtype = layers.compute_dtype(self.cfg)
+    order = interleave_order(c_g)
+    inverse = np.argsort(order)
+    dtype = self.dtype
 
-    xg = x[..., :c_g].reshape(b, t, h, w, c_g)
-    u = nn.relu(layers.batch_norm(self.cfg, group_rows=self.cfg.bn_group_size, name="bn3d")(
-      xg, train))
-    gate = jnp.tanh(GateConv(dtype, name="conv3d")(u))
+    # BN3d over (B, T, H, W) is BN over the folded rows.
+    u = nn.relu(self.norm(name="bn3d")(x, train, channel_order=order))
+    gate = jnp.tanh(GateConv(t, tuple(int(i) for i in order), dtype, name="conv3d")(u))
 
-    outs = []
-    for k, direction in ((0, 1), (1, -1)):
-      xk = xg[..., k * half:(k + 1) * half]
-      yk = gate[..., k:k + 1] * xk
-      rk = xk - yk
-      sk = shift_time(yk, direction)
-      # Descriptor: a 2-channel "image" over (channel, time) from spatially pooled s_k, r_k.
-      desc = jnp.stack([sk.mean((2, 3)), rk.mean((2, 3))], axis=-1)  # [B, T, C_g/2, 2]
-      desc = jnp.swapaxes(desc, 1, 2)  # [B, C_g/2, T, 2]: conv axes = (channel, time).
+    # Everything stays on the folded [B*T, H, W, C_g] layout: a [B, T] reshape of the
+    # activations can force relayout copies on accelerators; only pooled vectors are reshaped.
+    first = np.arange(c_g) < half  # Group 1 channels (groups are contiguous halves).
+    gate = jnp.where(first, gate[..., :1], gate[..., 1:])  # One gate per group.
+    y = gate * x
+    r = x - y
+    s = jnp.where(first, shift_frames(y, t, 1), shift_frames(y, t, -1))
+    # Descriptor: per group, a 2-channel "image" over (channel, time) of spatially pooled s, r,
+    # in the reference's channel order (the conv mixes neighbouring channels).
+    pooled = jnp.stack([s.mean((1, 2)), r.mean((1, 2))], axis=-1)[:, inverse]  # [B*T, C_g, 2]
+    pooled = pooled.reshape(n // t, t, c_g, 2)
+    weights = []
+    for k in range(2):
+      desc = jnp.swapaxes(pooled[:, :, k * half:(k + 1) * half], 1, 2)  # [B, C_g/2, T, 2]
       wk = nn.Conv(
         1, (3, 3), padding=[(1, 1), (1, 1)], use_bias=True, dtype=dtype,
         param_dtype=jnp.float32, kernel_init=layers.kaiming_fan_out,
         bias_init=layers.torch_default_bias(2 * 9), name=f"channel_conv{k + 1}")(desc)
-      wk = nn.sigmoid(jnp.swapaxes(wk[..., 0], 1, 2))[:, :, None, None, :]  # [B, T, 1, 1, C/2]
-      zk = wk * sk + (1 - wk) * rk
-      outs.append(interleave_quarters(zk))
-    gated = jnp.concatenate(outs, axis=-1).reshape(n, h, w, c_g).astype(x.dtype)
-    return jnp.concatenate([gated, x[..., c_g:]], axis=-1)
+      weights.append(jnp.swapaxes(wk[..., 0], 1, 2))  # [B, T, C_g/2]
+    wgt = nn.sigmoid(jnp.concatenate(weights, axis=-1)[:, :, order])
+    wgt = wgt.reshape(n, 1, 1, c_g)
+    z = wgt * s + (1 - wgt) * r
+    return z.astype(x.dtype)

@@ -11,7 +11,9 @@ Defaults (D=6, offsets 0..3, MLPs 169->16->8, C_F=32, PW widths 16,16,16,C) cost
 params and 1.905 GMACs at res3 for 8 frames, inside the paper's budget (docs/stc.md#cost-budget).
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,8 +23,39 @@ import jax.numpy as jnp
 from fstfl_jax.models import correlation
 from fstfl_jax.models import layers
 
+# Name scope of the correlation's traced ops.
+CORRELATION_SCOPE = "correlation"
 
-def resolve_max_disp(stc_cfg: Any, stage: str, height: int, width: int) -> int:
+
+@dataclasses.dataclass(frozen=True)
+class STCSettings:
+  """The STC's knobs: one field per key of `config.model.stc`, where the defaults and their
+  meanings are (configs/common.py, docs/stc.md#configuration). Sequences are tuples and
+  `max_disp_per_stage` is a tuple of (stage, D) pairs, so the settings are hashable."""
+  stages: tuple[str, ...]
+  max_disp: int
+  half_extent: bool
+  max_disp_per_stage: tuple[tuple[str, int], ...]
+  offsets: tuple[int, ...]
+  temporal_boundary: str
+  mask_channel: bool
+  reduce_channels: int
+  norm_eps: float
+  spatial_mlp: tuple[int, ...]
+  temporal_mlp: tuple[int, ...]
+  mlp_out: int
+  share_temporal_mlp: bool
+  mlp_bias: bool
+  fusion_widths: tuple[int, ...]
+  fusion_kernels: tuple[int, ...]
+  final_relu: bool
+  zero_init_last_bn: bool
+  source: str
+  impl: str
+  remat: bool
+
+
+def resolve_max_disp(stc_cfg: STCSettings, stage: str, height: int, width: int) -> int:
   """D for a stage: ceil(max(X, Y)/2) if `half_extent` (the paper), else a per-stage override
   from `max_disp_per_stage`, else `max_disp`."""
   if stc_cfg.half_extent:
@@ -55,20 +88,31 @@ class STC(nn.Module):
 
   Attributes:
     stage: name of the host stage ("res3"), for per-stage overrides and errors.
-    cfg: the model config (`cfg.stc` holds the module's knobs, docs/stc.md#configuration).
+    settings: the module's knobs (docs/stc.md#configuration).
+    num_frames: T (static: the module reshapes [B*T] -> [B, T]).
+    conv: `layers.conv` with the compute dtype bound.
+    norm: the BatchNorm of folded frames (momentum, eps, dtype, ghost groups bound).
+    dtype: compute dtype of the fusion convs.
   """
   stage: str
-  cfg: Any
+  settings: STCSettings
+  num_frames: int
+  conv: Callable[..., nn.Module] = layers.conv
+  norm: Callable[..., nn.Module] = layers.BatchNorm
+  dtype: Any = jnp.float32
 
   def _features(self, v: jax.Array, d: int, mlps: dict[int, nn.Module]) -> jax.Array:
     """Correlation + MLPs for one source. v: [B, T, H, W, C] -> F [B, T, H, W, C_F].
 
     mlps maps an offset index to its MLP; indices sharing one module are run together.
     """
-    scfg = self.cfg.stc
-    s = correlation.correlate(
-      v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,
-      impl=scfg.impl, eps=scfg.norm_eps, remat=scfg.remat)  # [B, T, H, W, L, K] float32
+    scfg = self.settings
+    # Named so that MAC counting (fstfl_jax.flops) can replace these traced ops, which depend on
+    # the implementation, with the exact count of the definition.
+    with jax.named_scope(CORRELATION_SCOPE):
+      s = correlation.correlate(
+        v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,
+        impl=scfg.impl, eps=scfg.norm_eps, remat=scfg.remat)  # [B, T, H, W, L, K] float32
     feats, done = [], set()
     for i, mlp in mlps.items():
       if i in done:
@@ -81,7 +125,7 @@ class STC(nn.Module):
 
   def _make_mlps(self) -> dict[int, nn.Module]:
     """Spatial MLP for l=0; one temporal MLP shared by every l != 0 (or one per offset)."""
-    scfg = self.cfg.stc
+    scfg = self.settings
     offsets = tuple(scfg.offsets)
     mlps: dict[int, nn.Module] = {}
     if 0 in offsets:
@@ -104,12 +148,11 @@ class STC(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, prev: jax.Array | None = None) -> jax.Array:
     """x: [N, H, W, C] stage output; prev: [N, 2H', 2W', C'] previous stage output (res2_pooled)."""
-    cfg, scfg = self.cfg, self.cfg.stc
+    scfg = self.settings
     n, h, w, c = x.shape
-    t = cfg.num_frames
+    t = self.num_frames
     b = n // t
-    rows = cfg.bn_group_size * t
-    dtype = layers.compute_dtype(cfg)
+    dtype = self.dtype
     d = resolve_max_disp(scfg, self.stage, h, w)
     if scfg.zero_init_last_bn and scfg.final_relu:
       raise ValueError("stc.zero_init_last_bn=True needs stc.final_relu=False: with a ReLU after "
@@ -120,8 +163,8 @@ class STC(nn.Module):
     if scfg.source in ("self", "both"):
       src = x
       if scfg.reduce_channels:
-        src = layers.conv(scfg.reduce_channels, 1, dtype=dtype, name="reduce_conv")(src)
-        src = nn.relu(layers.batch_norm(cfg, group_rows=rows, name="reduce_bn")(src, train))
+        src = self.conv(scfg.reduce_channels, 1, name="reduce_conv")(src)
+        src = nn.relu(self.norm(name="reduce_bn")(src, train))
       sources.append(src)
     if scfg.source in ("res2_pooled", "both"):
       if prev is None:
@@ -149,11 +192,13 @@ class STC(nn.Module):
         f"len(stc.fusion_kernels) - 1 = {len(scfg.fusion_kernels) - 1}.")
     for i, (k, width) in enumerate(zip(scfg.fusion_kernels, widths)):
       last = i == len(widths) - 1
-      z = layers.conv(z.shape[-1], k, groups=z.shape[-1], dtype=dtype, name=f"dw{i + 1}")(z)
-      z = nn.relu(layers.batch_norm(cfg, group_rows=rows, name=f"dw{i + 1}_bn")(z, train))
-      z = layers.conv(width, 1, dtype=dtype, name=f"pw{i + 1}")(z)
-      z = layers.batch_norm(cfg, group_rows=rows, name=f"pw{i + 1}_bn",
-                            zero_init=last and scfg.zero_init_last_bn)(z, train)
+      z = self.conv(z.shape[-1], k, groups=z.shape[-1], name=f"dw{i + 1}")(z)
+      z = nn.relu(self.norm(name=f"dw{i + 1}_bn")(z, train))
+      z = self.conv(width, 1, name=f"pw{i + 1}")(z)
+      zero_gamma = last and scfg.zero_init_last_bn
+      z = self.norm(name=f"pw{i + 1}_bn",
+                    scale_init=nn.initializers.zeros if zero_gamma else nn.initializers.ones)(
+        z, train)
       if not last or scfg.final_relu:
         z = nn.relu(z)
     return x + z.astype(x.dtype)

@@ -99,11 +99,10 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
   Batch: video uint8 [B, T, S, S, 3], label int32 [B], B = per_chip_batch * chips, sharded on B.
   """
-  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
   config = for_tpu(config, per_chip_batch * mesh.size)
   model, tx, schedule, abstract, sizes = _abstract_state(config, mesh)
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-  step = train.jit_train_step(train.make_train_step(model, tx, schedule, pipeline.normalize),
+  step = train.jit_train_step(train.make_train_step(model, tx, schedule),
                               mesh, state_sharding)
   b, t, s = config.input.batch_size, config.model.num_frames, config.input.crop_size
   data = sharding_lib.data_sharding(mesh)
@@ -115,19 +114,17 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, protocol: str,
                       per_chip_batch: int) -> Compiled:
-  """`evaluate.make_eval_step` for protocol `config.evals[protocol]` (all V views per video).
+  """`evaluate.protocol_step` for protocol `config.evals[protocol]` (all V views per video).
 
   Batch: video uint8 [B, V, T, S, S, 3], label int32 [B], mask bool [B], B = per_chip_batch *
   chips videos; `clips_per_chip` counts views (B * V / chips).
   """
-  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
   clips, crops = evaluate.protocol_views(config, protocol)
   config = for_tpu(config, config.input.batch_size)
   model, _, _, abstract, sizes = _abstract_state(config, mesh)
   sizes.pop("opt_state")
   variables = dict(params=abstract.params, batch_stats=abstract.batch_stats)
-  step = evaluate.make_eval_step(model, pipeline.normalize, config.model.num_classes,
-                                 config.evals[protocol].get("views_per_step"), False)
+  step = evaluate.protocol_step(config, protocol, model)
   b, v = per_chip_batch * mesh.size, clips * crops
   t, s = config.model.num_frames, config.input.crop_size
   data = sharding_lib.data_sharding(mesh)

@@ -54,7 +54,7 @@ def model_info(model_cfg: Any, size: int = 224) -> dict[str, Any]:
     "correlation": {row: {"exact_gmacs", "traced_gmacs"}} for every STC}.
   """
   model = build_model(model_cfg)
-  video = jax.ShapeDtypeStruct((1, model_cfg.num_frames, size, size, 3), jnp.float32)
+  video = jax.ShapeDtypeStruct((1, model_cfg.num_frames, size, size, 3), jnp.uint8)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, video)
   with flops.exact_correlation() as correlations:
@@ -66,9 +66,8 @@ def model_info(model_cfg: Any, size: int = 224) -> dict[str, Any]:
   stc_rows = sorted(name for name in top_level if name.startswith("stc_"))
   if stc_rows and not correlations:
     raise RuntimeError(
-      f"{model_cfg.name} has {stc_rows} but no call of fstfl_jax.models.correlation.correlate was "
-      "seen while tracing, so the correlation cannot be counted exactly; the STC must call it as "
-      "`correlation.correlate(...)`.")
+      f"{model_cfg.name} has {stc_rows} but no STC correlation step (STC._features) was seen "
+      "while tracing, so the correlation cannot be counted exactly.")
 
   if costs and all(group(c.scope) == "other" for c in costs):
     raise RuntimeError("No counted op carries a module name: module names reach the jaxpr only "
