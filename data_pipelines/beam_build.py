@@ -1,12 +1,14 @@
 """The shard build of `build.py` on Apache Beam: shards are decoded and written in parallel.
 
   python -m data_pipelines.beam_build --dataset k400 --src /shared/k400 --out /shared/k400_shards \
-      [--split-id 1] [--short-side 256] [--quality 90] [--num-shards 1024] \
+      [--split_id 1] [--short_side 256] [--quality 90] [--num_shards 1024] \
       -- --runner DirectRunner --direct_num_workers 8 --direct_running_mode multi_processing
 
-Everything after `--` goes to Beam's `PipelineOptions` (runner flags: README, "Building shards
-on Apache Beam"). Beam is an optional extra with its own pins (`requirements-beam.txt`, its own
-venv: it needs older numpy and protobuf than `requirements.txt`).
+The flags before `--` are `data_pipelines.build`'s (`--workers` is unused: Beam decides the
+parallelism); everything after `--` goes to Beam's `PipelineOptions` (runner flags: README,
+"Building shards on Apache Beam"). Beam is an optional extra with its own pins
+(`requirements-beam.txt`, its own venv: it needs older numpy and protobuf than
+`requirements.txt`).
 
 Same plan, records, metadata and `failures.jsonl` as `build.build` for the same input and
 settings, byte for byte (`tests_beam/`): the launcher parses the layout and checks
@@ -14,12 +16,11 @@ settings, byte for byte (`tests_beam/`): the launcher parses the layout and chec
 videos in annotation order and writes it with the local builder's `build.write_shard` (atomic
 rename, failures first); the launcher then merges failures and writes the metadata
 (`build.finish`). A rerun skips finished shards, so it is idempotent and resumes a killed run
-(of either builder). Parallelism is the number of shards (`--num-shards`): use a few per
+(of either builder). Parallelism is the number of shards (`--num_shards`): use a few per
 worker core. `--src` and `--out` must be paths that the launcher and every worker see (a shared
 file system); write to local or shared disk, then copy to a bucket with `fstfl-copy-data`.
 """
 
-import argparse
 import os
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from data_pipelines import build
 from data_pipelines import ingest
 from data_pipelines import records
 from data_pipelines import video_decode
+from fstfl_jax import cli
 from fstfl_jax import storage
 
 # One shard to write: (out, split, shard, num_shards, entries, decode tasks of the entries).
@@ -77,25 +79,16 @@ def build_beam(dataset: str, src: str, out: str, split_id: int = 1, short_side: 
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   split_at = argv.index("--") if "--" in argv else len(argv)
-  ours, beam_args = argv[:split_at], argv[split_at + 1:]
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dataset", required=True, choices=sorted(ingest.PARSERS))
-  parser.add_argument("--src", required=True, help="Source root (seen by every worker).")
-  parser.add_argument("--out", required=True, help="Output data dir (seen by every worker).")
-  parser.add_argument("--split-id", type=int, default=1, help="UCF-101 split (1-3).")
-  parser.add_argument("--short-side", type=int, default=256, help="Cap on the frames' short side.")
-  parser.add_argument("--quality", type=int, default=90, help="JPEG quality.")
-  parser.add_argument("--num-shards", type=int, default=None, help="Shards per split.")
-  parser.add_argument("--name", default=None, help="Dataset name in the TFDS metadata.")
-  args = parser.parse_args(ours)
+  args = cli.parse_tool_flags(argv[:split_at], build.define_flags, prog="beam_build",
+                              doc=__doc__)
   for flag, value in (("--src", args.src), ("--out", args.out)):
     if storage.is_remote(value):
-      parser.error(f"{flag} {value}: the build reads videos and writes shards on a (shared) file "
-                   "system; copy the data dir to a bucket afterwards with fstfl-copy-data.")
+      cli.usage_error("beam_build", f"{flag} {value}: the build reads videos and writes shards on "
+                      "a (shared) file system; copy the data dir to a bucket afterwards with "
+                      "fstfl-copy-data.")
   try:
     result = build_beam(args.dataset, args.src, args.out, args.split_id, args.short_side,
-                        args.quality, args.num_shards, args.name, beam_args)
+                        args.quality, args.num_shards, args.name, argv[split_at + 1:])
   except ingest.LayoutError as e:
     sys.exit(f"error: {e}")
   print(f"{result.out}: {len(result.class_names)} classes, "

@@ -9,17 +9,18 @@ finished shards of `--out` are skipped. Rebuilding from the source videos with `
 gives the same result, at the cost of decoding every video again.
 """
 
-import argparse
 import json
 import os
 import shutil
 import sys
 from typing import Any
 
+from absl import flags
 from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
 from data_pipelines import records
+from fstfl_jax import cli
 
 # Layout 1 keys -> tf.train.Example list kind.
 V1_KINDS = {"frames": "bytes_list", "label": "int64_list", "video_id": "bytes_list",
@@ -75,13 +76,16 @@ def convert(src: str, out: str) -> dict[str, int]:
   return sizes
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m data_pipelines.convert_layout`."""
+  flags.DEFINE_string("src", None, "Layout-1 data dir.", flag_values=fv, required=True)
+  flags.DEFINE_string("out", None, "Output data dir (layout 2).", flag_values=fv, required=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--src", required=True, help="Layout-1 data dir.")
-  parser.add_argument("--out", required=True, help="Output data dir (layout 2).")
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags(argv, define_flags, prog="convert_layout", doc=__doc__)
   if os.path.abspath(args.src) == os.path.abspath(args.out):
-    sys.exit("error: --out must differ from --src.")
+    cli.usage_error("convert_layout", "--out must differ from --src.")
   try:
     sizes = convert(args.src, args.out)
   except ValueError as e:

@@ -63,7 +63,7 @@ def test_beam_build_equals_local_build_and_reruns_are_idempotent(src, tmp_path):
   # A lost shard is rewritten identically; the others are kept.
   lost = records.shard_name("train", 0, 2)
   os.remove(os.path.join(beam, lost))
-  assert beam_build.main(["--dataset", "folder", "--src", src, "--out", beam, "--num-shards",
+  assert beam_build.main(["--dataset", "folder", "--src", src, "--out", beam, "--num_shards",
                           "2", "--", "--runner", "DirectRunner"]) is None
   assert tree(beam) == files
   assert {n: t for n, t in shard_mtimes(beam).items() if n != lost} == {
