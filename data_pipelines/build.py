@@ -43,7 +43,7 @@ from data_pipelines import video_decode
 from fstfl_jax import cli
 from fstfl_jax import storage
 
-TOOL_VERSION = "data_pipelines.build 1.0"
+TOOL_VERSION = "data_pipelines.build 2.0"  # 2.0: record layout 2 (records.LAYOUT).
 PLAN_FILE = ".build_plan.json"
 FAILURES_FILE = "failures.jsonl"
 FAILURES_DIR = ".failures"  # One list per finished shard, merged into FAILURES_FILE.
@@ -156,36 +156,56 @@ def _ids_digest(entries: list[ingest.Entry]) -> str:
   return h.hexdigest()
 
 
+def write_shard(out: str, split: str, shard: int, num_shards: int,
+                entries: list[ingest.Entry],
+                results: Iterator[tuple[dict[str, Any] | None, str | None]],
+                bar: tqdm.tqdm | None = None) -> list[dict[str, str]]:
+  """Writes one shard from the decode results of its entries (in order); returns its failures.
+
+  The shard's failure list goes to `.failures/` before the shard's rename, so a finished shard
+  always has it. Shared by the local build and the Beam build (`beam_build.py`).
+  """
+  name = records.shard_name(split, shard, num_shards)
+  failures = []
+  os.makedirs(os.path.join(out, FAILURES_DIR), exist_ok=True)
+  with records.ShardWriter(out, split, shard, num_shards) as writer:
+    for entry in entries:
+      record, reason = next(results)
+      if record is None:
+        failures.append(dict(split=split, video_id=entry.video_id, source=entry.source,
+                             reason=reason))
+      else:
+        writer.write(record)
+      if bar is not None:
+        bar.update()
+    _atomic_write(os.path.join(out, FAILURES_DIR, name + ".jsonl"),
+                  "".join(json.dumps(f) + "\n" for f in failures))
+  return failures
+
+
+def pending_shards(out: str, split: str, num_entries: int, num_shards: int
+                   ) -> list[tuple[int, range]]:
+  """(shard, entry range) of the shards of `split` not yet finished in `out`."""
+  return [(s, r) for s, r in enumerate(records.shard_ranges(num_entries, num_shards))
+          if not records.shard_is_done(out, split, s, num_shards)]
+
+
 def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: int,
                  make_task: Callable[[ingest.Entry], video_decode.Task],
                  pool: concurrent.futures.Executor | None) -> int:
   """Writes the missing shards of one split; returns how many shards were written."""
-  ranges = records.shard_ranges(len(entries), num_shards)
-  pending = [s for s in range(num_shards) if not records.shard_is_done(out, split, s, num_shards)]
-  tasks = (make_task(entries[i]) for s in pending for i in ranges[s])
+  pending = pending_shards(out, split, len(entries), num_shards)
+  tasks = (make_task(entries[i]) for _, block in pending for i in block)
   results = ordered_map(video_decode.make_record, tasks, pool)
-  done = len(entries) - sum(len(ranges[s]) for s in pending)
-  os.makedirs(os.path.join(out, FAILURES_DIR), exist_ok=True)
+  done = len(entries) - sum(len(block) for _, block in pending)
   with contextlib.closing(results), tqdm.tqdm(total=len(entries), initial=done, unit="video",
                                               desc=split, dynamic_ncols=True) as bar:
-    for shard in pending:
-      name = records.shard_name(split, shard, num_shards)
-      failures = []
-      with records.ShardWriter(out, split, shard, num_shards) as writer:
-        for i in ranges[shard]:
-          record, reason = next(results)
-          if record is None:
-            failures.append(dict(split=split, video_id=entries[i].video_id,
-                                 source=entries[i].source, reason=reason))
-          else:
-            writer.write(record)
-          bar.update()
-        # Before the shard's rename, so a finished shard always has its failure list.
-        _atomic_write(os.path.join(out, FAILURES_DIR, name + ".jsonl"),
-                      "".join(json.dumps(f) + "\n" for f in failures))
+    for shard, block in pending:
+      failures = write_shard(out, split, shard, num_shards, [entries[i] for i in block], results,
+                             bar)
       if failures:
-        bar.write(f"{name}: skipped {len(failures)} video(s), e.g. {failures[0]['video_id']}: "
-                  f"{failures[0]['reason']}")
+        bar.write(f"{records.shard_name(split, shard, num_shards)}: skipped {len(failures)} "
+                  f"video(s), e.g. {failures[0]['video_id']}: {failures[0]['reason']}")
   return len(pending)
 
 
@@ -199,6 +219,57 @@ def _collect_failures(out: str, shards: dict[str, int]) -> list[dict[str, str]]:
   _atomic_write(os.path.join(out, FAILURES_FILE),
                 "".join(json.dumps(f) + "\n" for f in failures))
   return failures
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a build writes: parsed layout, shards per split, settings, decode parameters."""
+  out: str
+  name: str
+  layout: ingest.Layout
+  shards: dict[str, int]
+  settings: dict[str, Any]
+  short_side: int
+  quality: int
+
+  def task(self, entry: ingest.Entry) -> video_decode.Task:
+    return video_decode.Task(source=entry.source, label=entry.label, video_id=entry.video_id,
+                             short_side=self.short_side, quality=self.quality,
+                             fps=self.layout.fps)
+
+
+def prepare(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
+            quality: int = 90, num_shards: int | None = None, name: str | None = None) -> Plan:
+  """Parses the layout, fixes shards and settings, and records or checks `.build_plan.json`."""
+  if short_side < 1 or not 1 <= quality <= 100:
+    raise ValueError(f"short_side must be >= 1 and quality in 1..100, got {short_side}, "
+                     f"{quality}.")
+  layout = ingest.parse(dataset, src, split_id)
+  shards = {split: min(len(entries), num_shards or math.ceil(len(entries) / RECORDS_PER_SHARD))
+            for split, entries in layout.splits.items()}
+  settings = dict(dataset=dataset, source_layout=layout.description, split_id=split_id,
+                  short_side=short_side, jpeg_quality=quality, tool_version=TOOL_VERSION,
+                  pyav=av.__version__, libavcodec=str(av.library_versions.get("libavcodec")),
+                  simplejpeg=simplejpeg.__version__, num_shards=shards)
+  os.makedirs(out, exist_ok=True)
+  _check_plan(out, dict(settings, class_names=layout.class_names,
+                        videos={s: len(e) for s, e in layout.splits.items()},
+                        digest={s: _ids_digest(e) for s, e in layout.splits.items()}))
+  return Plan(out, name or dataset, layout, shards, settings, short_side, quality)
+
+
+def finish(plan: Plan, written: int) -> BuildResult:
+  """Merges the failure lists and writes the metadata once every shard is finished."""
+  failures = _collect_failures(plan.out, plan.shards)
+  sizes = records.write_metadata(plan.out, plan.layout.class_names, list(plan.layout.splits),
+                                 dict(plan.settings, skipped=len(failures),
+                                      incomplete=count_incomplete(failures)),
+                                 dataset_name=plan.name)
+  empty = [split for split, size in sizes.items() if size == 0]
+  if empty:
+    raise RuntimeError(f"no video of split(s) {empty} could be decoded; reasons in "
+                       f"{os.path.join(plan.out, FAILURES_FILE)}.")
+  return BuildResult(plan.out, plan.layout.class_names, sizes, failures, written)
 
 
 def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
@@ -217,39 +288,12 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
     num_shards: shards per split (at most one per video); default: ceil(videos / 256).
     name: dataset name in the TFDS metadata; default: `dataset`.
   """
-  if short_side < 1 or not 1 <= quality <= 100:
-    raise ValueError(f"short_side must be >= 1 and quality in 1..100, got {short_side}, "
-                     f"{quality}.")
-  layout = ingest.parse(dataset, src, split_id)
+  plan = prepare(dataset, src, out, split_id, short_side, quality, num_shards, name)
   workers = (os.cpu_count() or 1) if workers is None else workers
-  shards = {split: min(len(entries), num_shards or math.ceil(len(entries) / RECORDS_PER_SHARD))
-            for split, entries in layout.splits.items()}
-  settings = dict(dataset=dataset, source_layout=layout.description, split_id=split_id,
-                  short_side=short_side, jpeg_quality=quality, tool_version=TOOL_VERSION,
-                  pyav=av.__version__, libavcodec=str(av.library_versions.get("libavcodec")),
-                  simplejpeg=simplejpeg.__version__, num_shards=shards)
-  os.makedirs(out, exist_ok=True)
-  _check_plan(out, dict(settings, class_names=layout.class_names,
-                        videos={s: len(e) for s, e in layout.splits.items()},
-                        digest={s: _ids_digest(e) for s, e in layout.splits.items()}))
-
-  def make_task(entry: ingest.Entry) -> video_decode.Task:
-    return video_decode.Task(source=entry.source, label=entry.label, video_id=entry.video_id,
-                             short_side=short_side, quality=quality, fps=layout.fps)
-
   with process_pool(workers) as pool:
-    written = sum(_build_split(out, split, entries, shards[split], make_task, pool)
-                  for split, entries in layout.splits.items())
-  failures = _collect_failures(out, shards)
-  sizes = records.write_metadata(out, layout.class_names, list(layout.splits),
-                                 dict(settings, skipped=len(failures),
-                                      incomplete=count_incomplete(failures)),
-                                 dataset_name=name or dataset)
-  empty = [split for split, size in sizes.items() if size == 0]
-  if empty:
-    raise RuntimeError(f"no video of split(s) {empty} could be decoded; reasons in "
-                       f"{os.path.join(out, FAILURES_FILE)}.")
-  return BuildResult(out, layout.class_names, sizes, failures, written)
+    written = sum(_build_split(out, split, entries, plan.shards[split], plan.task, pool)
+                  for split, entries in plan.layout.splits.items())
+  return finish(plan, written)
 
 
 def define_flags(fv: flags.FlagValues) -> None:

@@ -46,6 +46,11 @@ def _copy_file(src: str, dst: str) -> int:
   return size
 
 
+def _shard(name: str) -> tuple[str, int, int] | None:
+  """A shard file or its video index -> (split, shard, num_shards); other names -> None."""
+  return records.parse_shard_name(name.removesuffix(records.INDEX_SUFFIX))
+
+
 def plan(src: str, splits: Sequence[str] | None) -> list[str]:
   """Names of the files to copy: top-level metadata plus the shards of `splits` (None: all)."""
   info = records.read_info(src)  # Also checks that `src` is a built data dir.
@@ -55,13 +60,13 @@ def plan(src: str, splits: Sequence[str] | None) -> list[str]:
     raise cli.UserError(f"{src}: no split(s) {unknown}; it has {sorted(info.split_sizes)}.")
   names = []
   for child in storage.path(src).iterdir():
-    shard = records.parse_shard_name(child.name)
+    shard = _shard(child.name)
     if shard is None:
       if not child.is_dir():
         names.append(child.name)
     elif shard[0] in wanted:
       names.append(child.name)
-  present = {shard[0] for shard in map(records.parse_shard_name, names) if shard}
+  present = {shard[0] for shard in map(_shard, names) if shard}
   missing = sorted(set(wanted) - present)
   if missing:
     raise cli.UserError(f"{src}: no shards for split(s) {missing}; rerun the build.")
@@ -72,8 +77,8 @@ def copy_data_dir(src: str, dst: str, splits: Sequence[str] | None = None,
                   threads: int = 8) -> tuple[int, int]:
   """Copies a data dir; returns (files copied, bytes copied). Skips files already complete."""
   names = plan(src, splits)
-  shards = [n for n in names if records.parse_shard_name(n) is not None]
-  meta = [n for n in names if records.parse_shard_name(n) is None]
+  shards = [n for n in names if _shard(n) is not None]  # With their video indices.
+  meta = [n for n in names if _shard(n) is None]
   copied = total = 0
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
       tqdm.tqdm(total=len(names), unit="file", desc="copy", disable=None) as bar:

@@ -1,9 +1,9 @@
 """Grain input pipelines over the video records of `data_pipelines.records`.
 
-Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat ->
-`random_map` (read record, sample frame indices, decode only those frames, optional clip-level
-RandAugment, multi-scale crop, flip) -> prefetch (reader threads, or worker processes when
-`num_workers > 0`) -> batch.
+Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat -> batch of
+indices -> `random_map` (per clip: sample frame indices, read and decode only those frames
+straight into the batch array, optional clip-level RandAugment, draw the multi-scale crop box
+and the flip) -> prefetch (reader threads, or worker processes when `num_workers > 0`).
 All randomness comes from grain's per-element rng, so the iterator state (`get_state`, or
 `grain.checkpoint.CheckpointSave` in an Orbax CheckpointManager) fully determines the stream.
 
@@ -11,13 +11,18 @@ Eval: every record exactly once; process p takes records p, p + P, ...; each pro
 slice to the same number of whole batches with masked-out (`mask=False`, `index=-1`) elements.
 
 Batches are host numpy arrays of this process's clips (B = global batch / process_count):
-  train: video uint8 [B, T, S, S, 3], label int32 [B]
+  train: video uint8 [B, T, R, Wmax, 3] (whole frames at stored resolution, stored flat),
+         frame_width int32 [B], resize_taps float32 [B, 2, S, 3], label int32 [B]
+         (`device_transforms`); `device_transforms.train_video(batch)` -> uint8 [B, T, S, S, 3]
+         inside the jitted step
   eval:  video uint8 [B, V, T, S, S, 3] (V = clips * crops, clip-major), label int32 [B],
          mask bool [B], index int32 [B] (record index in the split, -1 on padding),
          video_id str [B] (the record's id, "" on padding)
 """
 
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from data_pipelines import device_transforms
 from data_pipelines import randaugment
 from data_pipelines import records
 from data_pipelines import sampling
@@ -66,8 +72,44 @@ class _ClipReader:
     return transforms.JpegFrames(record["frames"], frame_indices, self.describe(record, index))
 
 
-class TrainClip(grain.transforms.RandomMap):
-  """Record index -> dict(video=uint8 [T, S, S, 3], label=int32) with TSN augmentation."""
+class _BufferPool:
+  """Reuses batch arrays that nobody references any more (thread-safe).
+
+  A fresh array of tens of MB costs a page fault per page and cold-cache writes, as much as a
+  fifth of the JPEG decoding that fills it; an array whose only reference is the pool's is free
+  (a consumer that keeps a batch, or a device array aliasing it, holds a reference).
+  """
+
+  def __init__(self, size: int):
+    self.size = size
+    self._arrays = []
+    self._lock = threading.Lock()
+
+  def get(self, shape: tuple[int, ...]) -> np.ndarray:
+    with self._lock:
+      for array in self._arrays:
+        # CPython references: the pool's list, the loop variable, getrefcount's argument.
+        if array.shape == shape and sys.getrefcount(array) <= 3:
+          return array
+      array = np.empty(shape, np.uint8)
+      if len(self._arrays) < self.size:
+        self._arrays.append(array)
+      return array
+
+  def __getstate__(self) -> dict[str, Any]:
+    return dict(size=self.size)
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(state["size"])
+
+
+class TrainBatch(grain.transforms.RandomMap):
+  """Record indices [B] -> one train batch (module docstring) with TSN augmentation.
+
+  Host: sample frames, decode them straight into the batch array, draw box, flip and optional
+  RandAugment per clip. Device: crop, resize and mirror (`device_transforms.train_video`).
+  The clips draw in order from the batch's grain rng.
+  """
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader,
                flip_labels: np.ndarray | None):
@@ -82,19 +124,33 @@ class TrainClip(grain.transforms.RandomMap):
     self.allow_flip = cfg.flip != "none"
     self.flip_labels = flip_labels
     self.randaugment = randaugment.parse_spec(cfg.get("randaugment", ""))
+    index = reader.source.index
+    self.slot = transforms.frame_slot(set(zip(index["height"], index["width"])))
+    # Batches alive at once: prefetched, being filled by each reader thread, in use downstream.
+    threads, _ = host_parallelism(cfg)
+    self.buffers = _BufferPool(2 * max(threads, cfg.prefetch) + threads + 2)
 
-  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    record = self.reader.read(index)
-    idx = sampling.train_indices(len(record["frames"]), self.num_frames, rng,
-                                 sampling=self.sampling, dense_stride=self.dense_stride)
-    frames = self.reader.frames(record, index, idx)
-    video, flipped = transforms.augment_train(
-      frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
-      scales=self.scales, allow_flip=self.allow_flip, rng=rng, randaugment=self.randaugment)
-    label = record["label"]
-    if flipped and self.flip_labels is not None:
-      label = self.flip_labels[label]
-    return dict(video=video, label=np.int32(label))
+  def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch = len(indices)
+    video = self.buffers.get((batch, self.num_frames, *self.slot, 3))
+    taps = np.empty((batch, 2, self.crop_size, 3), np.float32)
+    width = np.empty(batch, np.int32)
+    label = np.empty(batch, np.int32)
+    for b, index in enumerate(indices):
+      record = self.reader.read(int(index))
+      idx = sampling.train_indices(len(record["frames"]), self.num_frames, rng,
+                                   sampling=self.sampling, dense_stride=self.dense_stride)
+      frames = self.reader.frames(record, int(index), idx)
+      flipped = transforms.augment_train(
+        frames, height=frames.height, width=frames.width, crop_size=self.crop_size,
+        scales=self.scales, allow_flip=self.allow_flip, rng=rng, out=video[b], taps=taps[b],
+        randaugment=self.randaugment)
+      width[b] = frames.width
+      label[b] = record["label"]
+      if flipped and self.flip_labels is not None:
+        label[b] = self.flip_labels[label[b]]
+    return {"video": video, device_transforms.WIDTH_KEY: width, device_transforms.TAPS_KEY: taps,
+            "label": label}
 
 
 def record_views(input_cfg: ml_collections.ConfigDict, record: dict[str, Any], *, clips: int,
@@ -182,13 +238,11 @@ def host_parallelism(cfg: ml_collections.ConfigDict,
   return threads, workers
 
 
-def _prefetch(ds: grain.MapDataset, cfg: ml_collections.ConfigDict,
-              batch_size: int, drop_remainder: bool) -> grain.IterDataset:
-  """Element-level reader threads, then batching; optionally whole batches from processes."""
+def _prefetch(ds: grain.MapDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+  """Batches from reader threads; optionally from worker processes."""
   threads, workers = host_parallelism(cfg)
-  read = grain.ReadOptions(num_threads=threads,
-                           prefetch_buffer_size=max(1, cfg.prefetch) * batch_size)
-  ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=drop_remainder)
+  read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, cfg.prefetch))
+  ds = ds.to_iter_dataset(read)
   if workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
       num_workers=workers, per_worker_buffer_size=max(1, cfg.prefetch)))
@@ -208,9 +262,9 @@ def make_train_iter(input_cfg: ml_collections.ConfigDict, *, process_index: int 
   if len(ds) < batch:
     raise ValueError(f"{cfg.data_dir} split {cfg.train_split!r}: {len(ds)} records for process "
                      f"{process_index}, fewer than one batch of {batch}.")
-  ds = ds.seed(process_seed).shuffle().repeat()
-  ds = ds.random_map(TrainClip(cfg, reader, _flip_labels(cfg)))
-  return iter(_prefetch(ds, cfg, batch, drop_remainder=True))
+  ds = ds.seed(process_seed).shuffle().repeat().batch(batch, drop_remainder=True)
+  ds = ds.random_map(TrainBatch(cfg, reader, _flip_labels(cfg)))
+  return iter(_prefetch(ds, cfg))
 
 
 def _eval_split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
@@ -245,5 +299,5 @@ def make_eval_iter(input_cfg: ml_collections.ConfigDict, *, split: str | None = 
   batch, num_batches = _eval_layout(len(reader), cfg.eval_batch_size, process_count)
   ds = grain.MapDataset.range(num_batches * batch).map(EvalClip(
     cfg, reader, clips=clips or cfg.test_clips, crops=crops or cfg.test_crops,
-    process_index=process_index, process_count=process_count))
-  return iter(_prefetch(ds, cfg, batch, drop_remainder=False))
+    process_index=process_index, process_count=process_count)).batch(batch)
+  return iter(_prefetch(ds, cfg))

@@ -1,12 +1,17 @@
 """Per-clip image transforms: JPEG decode, TSN multi-scale crop, flips, test views.
 
+Train clips leave the host as whole frames at stored resolution plus resize taps (crop box and
+flip folded in); crop, resize and flip run on device (`device_transforms`). `crop_resize` is the
+host reference of that pair and cuts the test views.
+
 Geometry follows GSF/TSN (docs/data.md#train-augmentation, docs/data.md#test-views). Crops are
 `(y, x, h, w)` boxes in pixels of the frame they are taken from; one box is shared by all frames
 of a clip. Frames are uint8 RGB `[H, W, 3]`; clips are `[T, S, S, 3]` with S = crop_size.
 """
 
+import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -31,10 +36,10 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 class JpegFrames(Sequence):
   """The frames `indices` of a video, decoded on access into one reused buffer.
 
-  `frames[t]` is valid only until the next access. Consumers crop each frame before asking for
-  the next, so the decoded frame is still in cache when it is resized, which is cheaper than
-  decoding all frames first (the pipeline's per-stage costs: README, Benchmarks, "Input
-  pipeline").
+  Each sampled frame's bytes are fetched once, at construction (with the shards' lazy
+  `records.VideoFrames`, that is the only read of the video). `frames[t]` is valid only until
+  the next access; `decode_into` writes a frame into a caller's buffer instead (the train
+  pipeline decodes straight into its batch array).
 
   Raises:
     ValueError: on a corrupt frame or one whose size differs from the first, prefixed by
@@ -43,11 +48,11 @@ class JpegFrames(Sequence):
 
   def __init__(self, jpegs: Sequence[bytes], indices: Sequence[int],
                describe: Callable[[int], str]):
-    self._jpegs = jpegs
     self._indices = [int(i) for i in indices]
+    self._jpegs = {i: jpegs[i] for i in self._indices}
     self._describe = describe
     self.height, self.width = self._size(self._indices[0])
-    self._buffer = np.empty((self.height, self.width, 3), np.uint8)
+    self._buffer = None
 
   def _size(self, frame: int) -> tuple[int, int]:
     try:
@@ -60,13 +65,19 @@ class JpegFrames(Sequence):
     return len(self._indices)
 
   def __getitem__(self, t: int) -> np.ndarray:
+    if self._buffer is None:
+      self._buffer = np.empty((self.height, self.width, 3), np.uint8)
+    return self.decode_into(t, self._buffer)
+
+  def decode_into(self, t: int, buffer: np.ndarray) -> np.ndarray:
+    """Frame t decoded into `buffer` (any writable array of >= H * W * 3 bytes) -> [H, W, 3]."""
     frame = self._indices[t]
     size = self._size(frame)
     if size != (self.height, self.width):
       raise ValueError(f"{self._describe(frame)}: size {size} differs from frame "
                        f"{self._indices[0]}'s {(self.height, self.width)}.")
     try:
-      return simplejpeg.decode_jpeg(self._jpegs[frame], colorspace="RGB", buffer=self._buffer)
+      return simplejpeg.decode_jpeg(self._jpegs[frame], colorspace="RGB", buffer=buffer)
     except ValueError as e:
       raise ValueError(f"{self._describe(frame)}: not a decodable JPEG ({e}).") from e
 
@@ -135,11 +146,18 @@ def fixed_offsets(height: int, width: int, crop_h: int, crop_w: int) -> list[tup
 def sample_multiscale_box(height: int, width: int, crop_size: int, scales: Sequence[float],
                           rng: np.random.Generator) -> Box:
   """One random multi-scale crop box (y, x, h, w) for a frame of the given size."""
+  sizes, offsets = _box_candidates(height, width, crop_size, tuple(scales))
+  size = rng.integers(len(sizes))
+  y, x = offsets[size][rng.integers(len(offsets[size]))]
+  return y, x, *sizes[size]
+
+
+@functools.lru_cache(maxsize=1024)
+def _box_candidates(height: int, width: int, crop_size: int, scales: tuple[float, ...]
+                    ) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+  """Multi-scale sizes and, per size, the offsets: the same few lists for every clip."""
   sizes = multiscale_sizes(height, width, crop_size, scales)
-  crop_h, crop_w = sizes[rng.integers(len(sizes))]
-  offsets = fixed_offsets(height, width, crop_h, crop_w)
-  y, x = offsets[rng.integers(len(offsets))]
-  return y, x, crop_h, crop_w
+  return sizes, [fixed_offsets(height, width, h, w) for h, w in sizes]
 
 
 def _crop_resize_into(frame: np.ndarray, box: Box, flip: bool, dst: np.ndarray) -> None:
@@ -173,24 +191,84 @@ def crop_resize(frames: Sequence[np.ndarray], box: Box, size: int, flip: bool) -
   return out
 
 
+def frame_slot(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+  """(R, Wmax): a uint8 [R, Wmax, 3] slot holds any frame of the given (height, width) sizes.
+
+  A frame is stored flat (row-major, its own row length) at the start of the slot; R leaves
+  one spare row of Wmax pixels, so the device can read Wmax pixels from any of its rows.
+  """
+  sizes = list(sizes)
+  wmax = max(w for _, w in sizes)
+  return -(-max(h * w for h, w in sizes) // wmax) + 1, wmax
+
+
+@functools.lru_cache(maxsize=8192)  # A few hundred (box, flip) combinations per frame size.
+def resize_taps(length: int, size: int, flip: bool = False, offset: int = 0) -> np.ndarray:
+  """Bilinear resampling of `length` pixels to `size` along one axis, as cv2's INTER_LINEAR.
+
+  Output pixel i samples source position (i + 0.5) * length / size - 0.5, clamped to the edge
+  pixels (cv2 clamps to the cropped patch, not to the frame). `flip` mirrors the output;
+  `offset` shifts the source indices (the crop box's y or x).
+  Returns:
+    float32 [size, 3] (read-only, cached): (first source pixel, second source pixel, weight of
+    the second).
+  """
+  pos = (np.arange(size) + 0.5) * (length / size) - 0.5
+  first = np.floor(pos)
+  weight = np.where(first < 0, 0.0, pos - first)
+  first = np.clip(first, 0, length - 1)
+  taps = np.stack([first + offset, np.minimum(first + 1, length - 1) + offset, weight], axis=-1)
+  taps = (taps[::-1] if flip else taps).astype(np.float32)
+  taps.setflags(write=False)
+  return taps
+
+
+def store_flat(frames: Sequence[np.ndarray], out: np.ndarray) -> None:
+  """Frames [H, W, 3] row-major at the start of their slots; the rest of each slot is zero.
+
+  Args:
+    frames: T frames of one size, read once each, in order; a `JpegFrames` decodes straight
+      into the slots.
+    out: uint8 [T, R, Wmax, 3] slots (`frame_slot`).
+  """
+  flat = out.reshape(len(out), -1)
+  for t in range(len(frames)):
+    if isinstance(frames, JpegFrames):
+      frame = frames.decode_into(t, flat[t, :frames.height * frames.width * 3])
+    else:
+      frame = frames[t]
+      flat[t, :frame.size] = frame.reshape(-1)
+  flat[:, frame.size:] = 0
+
+
 def augment_train(frames: Sequence[np.ndarray], *, height: int, width: int, crop_size: int,
                   scales: Sequence[float], allow_flip: bool, rng: np.random.Generator,
-                  randaugment: randaugment_lib.Config | None = None) -> tuple[np.ndarray, bool]:
-  """[RandAugment +] multi-scale crop + resize + (p=.5) horizontal flip, shared by all frames.
+                  out: np.ndarray, taps: np.ndarray,
+                  randaugment: randaugment_lib.Config | None = None) -> bool:
+  """Host half of the train augmentation: [RandAugment], multi-scale box and flip drawn.
+
+  One box and one flip for all frames. The frames go to `out` whole, at stored resolution
+  (`store_flat`); crop, resize and mirror run on device (`device_transforms.crop_resize` with
+  the returned taps), inside the jitted step.
 
   Args:
     frames: T uint8 [H, W, 3] frames of size (height, width), read once each, in order.
+    out: uint8 [T, R, Wmax, 3] slots for the frames (`frame_slot` of the split's sizes).
+    taps: float32 [2, S, 3], set to the row and column taps of the frame (`resize_taps`).
     randaugment: a `data_pipelines.randaugment.Config`, or None (off). Its ops are drawn after
       the box and flip (so those do not depend on it) and applied to the full frames before
       the crop, as GSF's reference does.
   Returns:
-    (uint8 [T, S, S, 3], whether the clip was mirrored).
+    whether the clip is mirrored.
   """
-  box = sample_multiscale_box(height, width, crop_size, scales, rng)
+  y, x, h, w = sample_multiscale_box(height, width, crop_size, scales, rng)
   flip = bool(allow_flip and rng.random() < 0.5)
   if randaugment is not None:
     frames = randaugment_lib.AugmentedFrames(frames, randaugment_lib.sample_plan(randaugment, rng))
-  return crop_resize(frames, box, crop_size, flip), flip
+  store_flat(frames, out)
+  taps[0] = resize_taps(h, crop_size, offset=y)
+  taps[1] = resize_taps(w, crop_size, flip, offset=x)
+  return flip
 
 
 # --- Test geometry -------------------------------------------------------------------------------

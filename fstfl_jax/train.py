@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from data_pipelines import device_transforms
 from fstfl_jax import checkpointing
 from fstfl_jax import consistency
 from fstfl_jax import guards
@@ -47,7 +48,8 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
 
   `batch`: video uint8 [B, T, S, S, 3] (B = global clips; the model normalises it), label int32
-  [B]. Run under `jax.jit`
+  [B]; or the input pipeline's whole frames with resize taps (`device_transforms.train_video`).
+  Run under `jax.jit`
   with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
   so XLA all-reduces gradients and BN statistics across devices (SyncBN).
   """
@@ -55,7 +57,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
     # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-    video, labels = batch["video"], batch["label"]
+    video, labels = device_transforms.train_video(batch), batch["label"]
 
     def loss_fn(params):
       logits, updates = model.apply(

@@ -5,3 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q tests "$@"
+# The Apache Beam build in its own venv: apache-beam pins numpy and protobuf below
+# requirements.txt (requirements-beam.txt).
+PY=${PYTHON:-python3}
+[ -x .venv-beam/bin/python ] || "$PY" -m venv .venv-beam
+.venv-beam/bin/python -m pip install -q --upgrade pip
+.venv-beam/bin/python -m pip install -q -r requirements-beam.txt
+.venv-beam/bin/python -m pip install -q --no-deps -e .
+.venv-beam/bin/python -m pytest -q tests_beam

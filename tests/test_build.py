@@ -243,7 +243,7 @@ def small_folder(tmp_path):
 
 def _shard_stats(out: str) -> dict[str, tuple[int, int]]:
   return {n: (os.stat(os.path.join(out, n)).st_ino, os.stat(os.path.join(out, n)).st_mtime_ns)
-          for n in os.listdir(out) if ".array_record-" in n}
+          for n in os.listdir(out) if records.parse_shard_name(n)}
 
 
 def test_resume_keeps_finished_shards_and_replaces_stale_partial(small_folder):

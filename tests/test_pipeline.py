@@ -12,8 +12,10 @@ import pytest
 import simplejpeg
 
 from configs.common import input_config
+from data_pipelines import device_transforms
 from data_pipelines import pipeline
 from data_pipelines import records
+from data_pipelines import transforms
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
 NUM_TRAIN, NUM_VAL = 12, 7
@@ -80,6 +82,11 @@ def take(it, k):
   return [next(it) for _ in range(k)]
 
 
+def train_clips(batch):
+  """The train clips uint8 [B, T, S, S, 3] as the jitted step sees them."""
+  return np.asarray(device_transforms.train_video(batch))
+
+
 def assert_batches_equal(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
@@ -93,9 +100,11 @@ def assert_batches_equal(a, b):
 def test_train_batches_and_tsn_frames(data_dir):
   batches = take(pipeline.make_train_iter(config(data_dir)), 3)
   for batch in batches:
-    assert batch["video"].shape == (4, 4, 32, 32, 3) and batch["video"].dtype == np.uint8
-    assert batch["label"].dtype == np.int32
-    videos, frames = decode_codes(batch["video"])
+    assert batch["video"].shape == (4, 4, *transforms.frame_slot([(HEIGHT, WIDTH)]), 3)
+    assert batch["video"].dtype == np.uint8 and batch["label"].dtype == np.int32
+    video = train_clips(batch)
+    assert video.shape == (4, 4, 32, 32, 3) and video.dtype == np.uint8
+    videos, frames = decode_codes(video)
     np.testing.assert_array_equal(videos, batch["label"])
     # d = 12 // 4 = 3: frame t comes from its segment [3t, 3t + 2].
     offsets = frames - 3 * np.arange(4)
@@ -165,8 +174,9 @@ def test_flip_mirrors_pixels_and_swaps_listed_labels(data_dir, policy):
   swap = {2: 3, 3: 2, 5: 9, 9: 5}
   flips = 0
   for batch in take(pipeline.make_train_iter(config(data_dir, flip=policy)), 12):
-    videos, _ = decode_codes(batch["video"])
-    ramp = batch["video"][:, 0, 16, :, 2].astype(int)  # B along a row of the first frame.
+    video = train_clips(batch)
+    videos, _ = decode_codes(video)
+    ramp = video[:, 0, 16, :, 2].astype(int)  # B along a row of the first frame.
     mirrored = ramp[:, 0] > ramp[:, -1]
     flips += mirrored.sum()
     for video, is_mirrored, label in zip(videos, mirrored, batch["label"]):
@@ -180,9 +190,21 @@ def test_flip_mirrors_pixels_and_swaps_listed_labels(data_dir, policy):
 def test_dense_sampling_in_pipeline(data_dir):
   cfg = config(data_dir, sampling="dense", dense_stride=2)
   for batch in take(pipeline.make_train_iter(cfg), 2):
-    _, frames = decode_codes(batch["video"])
+    _, frames = decode_codes(train_clips(batch))
     np.testing.assert_array_equal(frames - frames[:, :1], np.tile([0, 2, 4, 6], (4, 1)))
     assert frames[:, 0].max() <= NUM_FRAMES - 8
+
+
+def test_batches_held_downstream_are_never_refilled(data_dir):
+  # Batch arrays are reused once nobody references them; held ones (here: 6 of them, more than
+  # the pipeline keeps in flight) must keep their pixels.
+  it = pipeline.make_train_iter(config(data_dir, flip="flip"))
+  held = take(it, 6)
+  copies = [b["video"].copy() for b in held]
+  take(it, 6)
+  for batch, copy in zip(held, copies):
+    np.testing.assert_array_equal(batch["video"], copy)
+  assert len({id(b["video"]) for b in held}) == 6
 
 
 def test_batch_larger_than_slice_is_rejected(data_dir):

@@ -6,6 +6,7 @@ from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
 
+from data_pipelines import device_transforms
 from data_pipelines import pipeline
 from data_pipelines import randaugment as ra
 from data_pipelines import transforms
@@ -143,9 +144,18 @@ def test_magnitude_noise_follows_mstd():
 def test_augment_train_applies_the_plan_before_the_crop():
   frames = [smooth_frame(s, 48, 64) for s in range(3)]
   seed = 7
-  got, flipped = transforms.augment_train(frames, height=48, width=64, crop_size=32,
-                                          scales=(1.0, 0.75), allow_flip=True,
-                                          rng=np.random.default_rng(seed), randaugment=M9)
+  out = np.empty((3, *transforms.frame_slot([(48, 64)]), 3), np.uint8)
+
+  def clip(randaugment):
+    taps = np.empty((2, 32, 3), np.float32)
+    flipped = transforms.augment_train(frames, height=48, width=64, crop_size=32,
+                                       scales=(1.0, 0.75), allow_flip=True,
+                                       rng=np.random.default_rng(seed), out=out, taps=taps,
+                                       randaugment=randaugment)
+    width = np.array([64], np.int32)
+    return np.asarray(device_transforms.crop_resize(out[None], width, taps[None]))[0], flipped
+
+  got, flipped = clip(M9)
   # Same rng stream by hand: box, flip, then the plan.
   rng = np.random.default_rng(seed)
   box = transforms.sample_multiscale_box(48, 64, 32, (1.0, 0.75), rng)
@@ -153,13 +163,12 @@ def test_augment_train_applies_the_plan_before_the_crop():
   plan = ra.sample_plan(M9, rng)
   want = transforms.crop_resize([ra.apply_plan(f, plan) for f in frames], box, 32, flip)
   assert flipped == flip
-  np.testing.assert_array_equal(got, want)
+  # The device resize equals the host's cv2 one up to a level of rounding.
+  assert np.abs(got.astype(int) - want).max() <= 1
   # Box and flip do not depend on RandAugment being on.
-  plain, plain_flip = transforms.augment_train(frames, height=48, width=64, crop_size=32,
-                                               scales=(1.0, 0.75), allow_flip=True,
-                                               rng=np.random.default_rng(seed))
+  plain, plain_flip = clip(None)
   assert plain_flip == flip
-  np.testing.assert_array_equal(plain, transforms.crop_resize(frames, box, 32, flip))
+  assert np.abs(plain.astype(int) - transforms.crop_resize(frames, box, 32, flip)).max() <= 1
 
 
 @pytest.fixture(scope="module")

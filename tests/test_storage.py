@@ -108,6 +108,8 @@ def test_copy_data_dir_to_bucket_and_back_resumes(tmp_path, gcs):
   copy_data.copy_data_dir(remote, str(back), splits=["validation"])
   shards = [p.name for p in back.iterdir() if records.parse_shard_name(p.name)]
   assert shards and all(records.parse_shard_name(n)[0] == "validation" for n in shards)
+  indices = [p.name for p in back.iterdir() if p.name.endswith(records.INDEX_SUFFIX)]
+  assert sorted(indices) == sorted(n + records.INDEX_SUFFIX for n in shards)  # Only these.
   for name in shards + ["dataset_info.json", records.SETTINGS_FILE]:
     assert (back / name).read_bytes() == (data / name).read_bytes(), name
   assert records.read_info(str(back)).class_names == records.read_info(str(data)).class_names

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from data_pipelines import device_transforms
 from data_pipelines import transforms
 
 
@@ -102,14 +103,18 @@ def test_augment_train_flip_probability_and_policy():
   frames = [coordinate_frame(48, 64)]
   rng = np.random.default_rng(0)
 
+  out = np.empty((1, *transforms.frame_slot([(48, 64)]), 3), np.uint8)
+  taps = np.empty((2, 32, 3), np.float32)
+
   def augment(allow_flip, rng):
     return transforms.augment_train(frames, height=48, width=64, crop_size=32, scales=(1,),
-                                    allow_flip=allow_flip, rng=rng)
-  flips = [augment(True, rng)[1] for _ in range(400)]
+                                    allow_flip=allow_flip, rng=rng, out=out, taps=taps)
+  flips = [augment(True, rng) for _ in range(400)]
   assert 150 < sum(flips) < 250
-  assert not any(augment(False, rng)[1] for _ in range(50))
-  video, flipped = augment(True, np.random.default_rng(5))
-  columns = video[0, 0, :, 1].astype(int)  # G = source column.
+  assert not any(augment(False, rng) for _ in range(50))
+  flipped = augment(True, np.random.default_rng(5))
+  video = device_transforms.crop_resize(out[None], np.array([64], np.int32), taps[None])[0]
+  columns = np.asarray(video)[0, 0, :, 1].astype(int)  # G = source column.
   assert (np.diff(columns) < 0).all() if flipped else (np.diff(columns) > 0).all()
 
 
