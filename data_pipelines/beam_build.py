@@ -21,7 +21,6 @@ worker core. `--src` and `--out` must be paths that the launcher and every worke
 file system); write to local or shared disk, then copy to a bucket with `fstfl-copy-data`.
 """
 
-import os
 import sys
 from collections.abc import Iterator
 
@@ -33,7 +32,6 @@ from data_pipelines import ingest
 from data_pipelines import records
 from data_pipelines import video_decode
 from fstfl_jax import cli
-from fstfl_jax import storage
 
 # One shard to write: (out, split, shard, num_shards, entries, decode tasks of the entries).
 ShardJob = tuple[str, str, int, int, list[ingest.Entry], list[video_decode.Task]]
@@ -81,21 +79,13 @@ def main(argv: list[str] | None = None) -> None:
   split_at = argv.index("--") if "--" in argv else len(argv)
   args = cli.parse_tool_flags(argv[:split_at], build.define_flags, prog="beam_build",
                               doc=__doc__)
-  for flag, value in (("--src", args.src), ("--out", args.out)):
-    if storage.is_remote(value):
-      cli.usage_error("beam_build", f"{flag} {value}: the build reads videos and writes shards on "
-                      "a (shared) file system; copy the data dir to a bucket afterwards with "
-                      "fstfl-copy-data.")
+  build.refuse_remote("beam_build", args.src, args.out, "a (shared) file system")
   try:
     result = build_beam(args.dataset, args.src, args.out, args.split_id, args.short_side,
                         args.quality, args.num_shards, args.name, argv[split_at + 1:])
   except ingest.LayoutError as e:
     sys.exit(f"error: {e}")
-  print(f"{result.out}: {len(result.class_names)} classes, "
-        + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
-        + f"; skipped {len(result.failures)} video(s) ({result.incomplete} incomplete)"
-        + (f", listed in {os.path.join(result.out, build.FAILURES_FILE)}" if result.failures
-           else "") + f"; wrote {result.shards_written} shard(s).")
+  print(build.summary(result))
 
 
 if __name__ == "__main__":

@@ -310,23 +310,32 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("name", None, "Dataset name in the TFDS metadata.", flag_values=fv)
 
 
+def refuse_remote(prog: str, src: str, out: str, where: str) -> None:
+  """One usage error if --src or --out is a bucket URL (the build needs `where`)."""
+  for flag, value in (("--src", src), ("--out", out)):
+    if storage.is_remote(value):
+      cli.usage_error(prog, f"{flag} {value}: the build reads videos and writes shards on {where}; "
+                      "copy the data dir to a bucket afterwards with fstfl-copy-data.")
+
+
+def summary(result: BuildResult) -> str:
+  """The one-line report of a finished build."""
+  return (f"{result.out}: {len(result.class_names)} classes, "
+          + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
+          + f"; skipped {len(result.failures)} video(s) ({result.incomplete} incomplete)"
+          + (f", listed in {os.path.join(result.out, FAILURES_FILE)}" if result.failures
+             else "") + f"; wrote {result.shards_written} shard(s).")
+
+
 def main(argv: list[str] | None = None) -> None:
   args = cli.parse_tool_flags(argv, define_flags, prog="build", doc=__doc__)
-  for flag, value in (("--src", args.src), ("--out", args.out)):
-    if storage.is_remote(value):
-      cli.usage_error("build", f"{flag} {value}: the build reads videos and writes shards on "
-                      "local disk; build locally, then copy the data dir to a bucket with "
-                      "fstfl-copy-data.")
+  refuse_remote("build", args.src, args.out, "local disk")
   try:
     result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
                    args.workers, args.num_shards, args.name)
   except ingest.LayoutError as e:
     sys.exit(f"error: {e}")
-  print(f"{result.out}: {len(result.class_names)} classes, "
-        + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
-        + f"; skipped {len(result.failures)} video(s) ({result.incomplete} incomplete)"
-        + (f", listed in {os.path.join(result.out, FAILURES_FILE)}" if result.failures else "")
-        + f"; wrote {result.shards_written} shard(s).")
+  print(summary(result))
 
 
 if __name__ == "__main__":

@@ -403,3 +403,15 @@ def test_killed_build_leaves_no_decode_workers(tmp_path):
   for p in orphans:  # Do not leave them running if the test fails.
     os.kill(p, signal.SIGKILL)
   assert not orphans, f"decode workers {orphans} outlived the killed build"
+
+
+@pytest.mark.parametrize("flag", ["--src", "--out"])
+def test_build_refuses_bucket_paths_in_one_line(flag, tmp_path, capsys):
+  paths = {"--src": str(tmp_path / "videos"), "--out": str(tmp_path / "data")}
+  paths[flag] = "gs://bucket/x"
+  with pytest.raises(SystemExit) as exit_info:
+    build.main(["--dataset", "ucf101", "--src", paths["--src"], "--out", paths["--out"]])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert exit_info.value.code == 2 and len(err) == 1
+  assert err[0].startswith(f"build: error: {flag} gs://bucket/x") and "fstfl-copy-data" in err[0]
+  assert not (tmp_path / "data").exists()
