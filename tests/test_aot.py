@@ -5,6 +5,7 @@ import json
 import pytest
 
 from configs import demo
+from data_pipelines import transforms
 from fstfl_jax.tools import aot  # Before any TPU client starts: sets the libtpu environment.
 from fstfl_jax.models import correlation
 from fstfl_jax.tools import model_info
@@ -47,16 +48,55 @@ def test_unknown_generation_names_the_choices():
     roofline.chip_spec("v9x:2x2")
 
 
-@pytest.mark.parametrize("largest", [0, 1, 5, 6, 37, 64, 100])
-def test_max_batch_search(largest):
+CAPACITY = 16e9
+
+
+def _search(hbm, known):
   calls = []
 
-  def fits(n):
+  def measured(n):
     calls.append(n)
-    return n <= largest
+    return hbm(n)
 
-  assert aot.max_batch(fits, limit=100) == largest
-  assert len(calls) <= 2 * 7 + 1  # Doubling then bisecting: O(log2(limit)) compiles.
+  return aot.max_batch(measured, CAPACITY, known, limit=100), calls
+
+
+@pytest.mark.parametrize("per_clip", [0.4e9, 0.6e9, 1.1e9, 3e9, 15.5e9, 17e9])
+def test_max_batch_linear_memory_takes_two_compiles(per_clip):
+  """Memory linear in the batch: the line through two points finds n, one more compile checks."""
+  state = 0.2e9
+  hbm = lambda n: state + per_clip * n if state + per_clip * n <= CAPACITY else None
+  largest = max([n for n in range(1, 101) if state + per_clip * n <= CAPACITY] + [0])
+  found, calls = _search(hbm, {0: state, 1: hbm(1) or float("inf")})
+  assert found == largest
+  assert len(calls) <= 2
+  assert largest + 1 in calls or largest == 0  # The first n that does not fit was compiled.
+
+
+@pytest.mark.parametrize("largest", [1, 2, 5, 37, 64, 100])
+def test_max_batch_curved_memory_still_exact(largest):
+  """Memory growing faster than the line (the compiler's choices change with n): still exact,
+  with O(log n) compiles, and a compile that runs out of memory (None) counts as not fitting."""
+  state = 1e9
+  grow = (CAPACITY - state) / largest**2
+  hbm = lambda n: min(state + grow * n * n, CAPACITY) if n <= largest else (
+    None if n % 2 else CAPACITY + 1)
+  found, calls = _search(hbm, {0: state, 1: hbm(1)})
+  assert found == largest
+  assert len(calls) <= 2 * 7 + 2
+  assert len(set(calls)) == len(calls)  # No batch compiled twice.
+
+
+def test_max_batch_when_nothing_fits():
+  assert _search(lambda n: None, {0: 20e9})[0] == 0
+  found, calls = _search(lambda n: 1e9 + 16e9 * (n > 0), {0: 1e9, 4: float("inf")})
+  assert found == 0 and calls == [2, 1]
+
+
+def test_stored_frame_flag():
+  assert aot.parse_frame_size("256x340") == (256, 340)
+  with pytest.raises(aot.cli.UserError, match=r"--stored_frame '256'.*HEIGHTxWIDTH"):
+    aot.parse_frame_size("256")
 
 
 # --- A real TPU compile of a small config. ---
@@ -69,10 +109,13 @@ def _small_config():
   return config
 
 
+STORED_FRAME = (36, 48)  # Whole stored frames, cropped to 32x32 inside the step.
+
+
 @pytest.fixture(scope="module")
 def report():
   return aot.run(_small_config(), "v5e:2x2", eval_protocols=("val_1x1",),
-                 config_name="configs/demo.py")
+                 stored_frame=STORED_FRAME, config_name="configs/demo.py")
 
 
 def test_train_step_compiles_and_fits(report):
@@ -99,7 +142,11 @@ def test_state_bytes_match_the_parameter_count(report):
   assert state["params"] == 4 * params
   # SGD momentum: one trace per parameter, plus the schedule's step counter.
   assert 4 * params <= state["opt_state"] <= 4 * params + 16
-  assert report["train"]["argument_bytes"] >= state["total"]
+  # The batch is what the input pipeline ships: whole stored frames in slots, not crops.
+  rows, wmax = transforms.frame_slot([STORED_FRAME])
+  frames_per_chip = 2 * 4 * rows * wmax * 3  # 2 clips x 4 frames, uint8.
+  assert rows * wmax >= 36 * 48
+  assert report["train"]["argument_bytes"] >= state["total"] + frames_per_chip
 
 
 def test_train_flops_against_the_forward_macs(report):

@@ -2,7 +2,8 @@ r"""Compiles the real train and eval steps for a Cloud TPU slice, on any machine
 
   python -m fstfl_jax.tools.aot --config configs/sthv1.py:model=fstfl,frames=8 \
       --topology v5e:16x16 [--per_chip_batch 2] [--max_batch] [--json out.json] \
-      [--config.model.dtype=bfloat16] [--eval_protocols all]
+      [--config.model.dtype=bfloat16] [--eval_protocols all] [--stored_frame 256x340] \
+      [--notrain]
 
 No TPU is needed: with `jax[tpu]` installed (it brings libtpu) the TPU compiler runs on the host
 against a described topology (`jax.experimental.topologies`), with the same jitted functions,
@@ -16,6 +17,7 @@ choice, as it would on the slice.
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 # libtpu looks for TPU hardware and metadata at start-up; describing a local single-host
@@ -33,6 +35,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
+from data_pipelines import device_transforms  # noqa: E402
+from data_pipelines import transforms  # noqa: E402
 from fstfl_jax import cli  # noqa: E402
 from fstfl_jax import evaluate  # noqa: E402
 from fstfl_jax import sharding as sharding_lib  # noqa: E402
@@ -93,11 +97,27 @@ def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   return model, tx, schedule, abstract, sizes
 
 
+def parse_frame_size(text: str) -> tuple[int, int]:
+  """"256x340" -> (256, 340): height x width of the stored frames the host ships."""
+  try:
+    height, width = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    height = width = 0
+  if height < 1 or width < 1:
+    raise cli.UserError(f"--stored_frame {text!r}: expected HEIGHTxWIDTH in pixels of the data "
+                        "dir's stored frames, e.g. 256x340")
+  return height, width
+
+
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       per_chip_batch: int) -> Compiled:
+                       per_chip_batch: int, stored_frame: tuple[int, int] = (256, 340)
+                       ) -> Compiled:
   """`train.make_train_step` jitted by `train.jit_train_step`, for `per_chip_batch` clips/chip.
 
-  Batch: video uint8 [B, T, S, S, 3], label int32 [B], B = per_chip_batch * chips, sharded on B.
+  Batch as the input pipeline ships it (`data_pipelines.pipeline`), sharded on B =
+  per_chip_batch * chips: video uint8 [B, T, R, Wmax, 3] (whole stored frames of size
+  `stored_frame`, in `transforms.frame_slot` slots), frame_width int32 [B], resize_taps float32
+  [B, 2, S, 3], label int32 [B]; the step crops, resizes and mirrors on the device.
   """
   config = for_tpu(config, per_chip_batch * mesh.size)
   model, tx, schedule, abstract, sizes = _abstract_state(config, mesh)
@@ -105,9 +125,13 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   step = train.jit_train_step(train.make_train_step(model, tx, schedule),
                               mesh, state_sharding)
   b, t, s = config.input.batch_size, config.model.num_frames, config.input.crop_size
+  rows, wmax = transforms.frame_slot([stored_frame])
   data = sharding_lib.data_sharding(mesh)
-  batch = dict(video=jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8, sharding=data),
-               label=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data))
+  batch = {"video": jax.ShapeDtypeStruct((b, t, rows, wmax, 3), jnp.uint8, sharding=data),
+           device_transforms.WIDTH_KEY: jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data),
+           device_transforms.TAPS_KEY: jax.ShapeDtypeStruct((b, 2, s, 3), jnp.float32,
+                                                            sharding=data),
+           "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data)}
   compiled, error = aot_compile(step, mesh, abstract, batch)
   return Compiled(compiled, sizes, per_chip_batch, error)
 
@@ -172,25 +196,38 @@ def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[s
   )
 
 
-def max_batch(fits: Any, limit: int = 4096) -> int:
-  """Largest n in [1, limit] with fits(n) True (fits monotone: True up to some n, then False).
+def max_batch(hbm: Callable[[int], float | None], capacity: float,
+              known: dict[int, float], limit: int = 4096) -> int:
+  """Largest n in [1, limit] whose train step fits in `capacity` bytes of HBM per chip.
 
-  Doubles until a failure, then bisects: O(log n) calls of the (slow) fits(n). 0 if not even 1.
+  Args:
+    hbm: n -> the compiled step's HBM bytes per chip, or None when the compiler runs out.
+    capacity: the chip's HBM bytes.
+    known: points already measured, n -> bytes; at least {0: bytes that do not grow with n}.
+    limit: largest n tried.
+  Memory grows about linearly with the batch, so each guess is where the line through the two
+  largest fitting points meets `capacity` (one compile when that holds, and one more to see the
+  next n fail); after a guess that did not fit, the next one bisects, so a curved memory profile
+  costs O(log n) compiles. A compile of a full model takes minutes: few calls matter.
   """
-  if not fits(1):
+  points = {n: b for n, b in known.items() if b <= capacity}
+  if 0 not in points:
     return 0
-  good, bad = 1, None
-  while bad is None:
-    n = min(2 * good, limit)
-    if n == good:
-      return good
-    if fits(n):
-      good = n
-    else:
-      bad = n
+  good = max(points)
+  bad = min([n for n in known if n not in points] + [limit + 1])
+  bisect = good == 0
   while bad - good > 1:
-    mid = (good + bad) // 2
-    good, bad = (mid, bad) if fits(mid) else (good, mid)
+    n = (good + bad) // 2
+    if not bisect:
+      lo, hi = sorted(points)[-2:]
+      slope = max((points[hi] - points[lo]) / (hi - lo), 1.0)
+      n = min(max(good + int((capacity - points[good]) // slope), good + 1), bad - 1)
+    used = hbm(n)
+    bisect = used is None or used > capacity
+    if bisect:
+      bad = n
+    else:
+      good, points[n] = n, used
   return good
 
 
@@ -205,7 +242,8 @@ def format_report(report: dict[str, Any]) -> str:
            f"HBM {_gib(report['chip']['hbm_bytes'])}/chip)"
            f"{f'; correlation impl {impl}' if impl else ''}. "
            "Compiler estimates per chip, not measurements."]
-  steps = [("train", report["train"])] + [(f"eval {k}", v) for k, v in report["eval"].items()]
+  steps = ([("train", report["train"])] if report["train"] else []) + [
+    (f"eval {k}", v) for k, v in report["eval"].items()]
   for name, r in steps:
     if r.get("error"):
       lines.append(f"{name}: does NOT fit ({r['error']})")
@@ -227,10 +265,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int | None = None,
         eval_protocols: tuple[str, ...] = (), eval_per_chip_batch: int | None = None,
-        find_max_batch: bool = False, config_name: str = "") -> dict[str, Any]:
+        find_max_batch: bool = False, stored_frame: tuple[int, int] = (256, 340),
+        compile_train: bool = True, config_name: str = "") -> dict[str, Any]:
   """Compiles and analyses the train step and the eval step of each protocol; returns a report.
 
   Per-chip batches default to the config's global batches split over the chips (at least 1).
+  `compile_train=False` compiles only the eval steps (report["train"] is then None).
   """
   chip = roofline.chip_spec(topology)
   mesh = topology_mesh(topology)
@@ -242,12 +282,16 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
                 correlation_impl=(for_tpu(config, chips).model.stc.impl
                                   if config.model.name == "fstfl" else None),
                 global_batch=per_chip_batch * chips,
-                train=analyse(compile_train_step(config, mesh, per_chip_batch), chip, chips),
+                train=(analyse(compile_train_step(config, mesh, per_chip_batch, stored_frame),
+                               chip, chips) if compile_train else None),
                 eval={name: analyse(compile_eval_step(config, mesh, name, eval_per_chip_batch),
                                     chip, chips) for name in eval_protocols})
-  if find_max_batch:
+  if find_max_batch and compile_train:
     report["max_per_chip_batch"] = max_batch(
-      lambda n: analyse(compile_train_step(config, mesh, n), chip, chips)["fits"])
+      lambda n: analyse(compile_train_step(config, mesh, n, stored_frame), chip,
+                        chips).get("hbm_bytes_per_chip"),
+      chip.hbm_bytes, {0: report["train"]["state_bytes"]["total"],
+                       per_chip_batch: report["train"].get("hbm_bytes_per_chip", float("inf"))})
   return report
 
 
@@ -264,14 +308,16 @@ def main(argv: list[str]) -> None:
     names = tuple(p for p in protocols.split(",") if p)
   for name in names:
     evaluate.protocol_views(config, name)  # One clear error for a bad name, before compiling.
+  stored_frame = parse_frame_size(flags.FLAGS.stored_frame)
   report = run(config, flags.FLAGS.topology, per_chip_batch=flags.FLAGS.per_chip_batch,
                eval_protocols=names, eval_per_chip_batch=flags.FLAGS.eval_per_chip_batch,
-               find_max_batch=flags.FLAGS.max_batch,
-               config_name=flags.FLAGS["config"].config_filename)
+               find_max_batch=flags.FLAGS.max_batch, stored_frame=stored_frame,
+               compile_train=flags.FLAGS.train, config_name=flags.FLAGS["config"].config_filename)
   print(format_report(report), flush=True)
   if flags.FLAGS.json:
     storage.write_json(flags.FLAGS.json, report, indent=1)
-  if not report["train"]["fits"]:
+  steps = [report["train"] or dict(fits=True)] + list(report["eval"].values())
+  if not all(step["fits"] for step in steps):
     sys.exit(1)
 
 
@@ -287,6 +333,10 @@ def console_main() -> None:
                       "Eval steps to compile: 'train' (the in-training protocol), 'all', "
                       "'' (none) or names of config.evals separated by commas.")
   flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
+  flags.DEFINE_bool("train", True, "Compile the train step (--notrain: only the eval steps).")
+  flags.DEFINE_string("stored_frame", "256x340",
+                      "HEIGHTxWIDTH of the stored frames the host ships to the train step "
+                      "(the data dir's frame size; build's default short side is 256).")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
   cli.run(main)
 
