@@ -6,9 +6,9 @@ set -euo pipefail
 out=${1:?usage: aot_table.sh OUT_DIR [PER_CHIP_BATCH]}
 batch=${2:-4}
 mkdir -p "$out"
-for frames in 8 16; do
-  for topo in v5e:2x2 v6e:2x2; do
-    for model in tsn gsf fstfl; do
+for model in tsn gsf fstfl; do
+  for frames in 8 16; do
+    for topo in v5e:2x2 v6e:2x2; do
       name="${topo%%:*}_${frames}f_${model}"
       [ -s "$out/$name.json" ] && continue
       python -m fstfl_jax.tools.aot --config "configs/sthv1.py:model=$model,frames=$frames" \

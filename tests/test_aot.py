@@ -166,3 +166,6 @@ def test_eval_step_compiles(report):
   assert 0 < ev["flops_per_step"] < report["train"]["flops_per_step"]
   assert "opt_state" not in ev["state_bytes"]
   assert "train: 2 clips/chip" in aot.format_report(report)
+  # --notrain: the report has only the eval steps.
+  lines = aot.format_report(dict(report, train=None)).splitlines()
+  assert len(lines) == 2 and lines[1].startswith("eval val_1x1: 1 clips/chip")

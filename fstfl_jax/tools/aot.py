@@ -309,6 +309,8 @@ def main(argv: list[str]) -> None:
   for name in names:
     evaluate.protocol_views(config, name)  # One clear error for a bad name, before compiling.
   stored_frame = parse_frame_size(flags.FLAGS.stored_frame)
+  if flags.FLAGS.max_batch and not flags.FLAGS.train:
+    raise cli.UserError("--max_batch searches the train step's batch: drop --notrain")
   report = run(config, flags.FLAGS.topology, per_chip_batch=flags.FLAGS.per_chip_batch,
                eval_protocols=names, eval_per_chip_batch=flags.FLAGS.eval_per_chip_batch,
                find_max_batch=flags.FLAGS.max_batch, stored_frame=stored_frame,
