@@ -21,7 +21,7 @@ FLIP = "flip"
 # accuracy.
 EVALS = {
   "val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
-  "val_2x3": dict(clips=2, crops=3, clip_sampling="uniform"),
+  "val_2x3": dict(clips=2, crops=3, clip_sampling="uniform", views_per_step=3),
 }
 
 
