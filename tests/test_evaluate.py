@@ -6,6 +6,7 @@ compiling a ResNet.
 """
 
 import functools
+import importlib
 import json
 import types
 
@@ -397,3 +398,16 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
   evaluate.make_validator(config, model, mesh1, steps)(types.SimpleNamespace(**variables), 12)
   evaluate.evaluate(config, str(workdir), protocol="val_1x1", mesh=mesh1, steps=steps)
   assert len(built) == 2
+
+
+@pytest.mark.parametrize("dataset", ["sthv1", "sthv2", "k400", "ucf101"])
+def test_dataset_protocols_split_their_views_into_small_calls(dataset):
+  """Every multi-view protocol of a dataset config makes model calls of at most 3 views of a
+  batch: all 30 views of 8 videos per chip at once need 66 GB on a 16 GB TPU v5e at 16 frames
+  (README, "On TPU"), and a views_per_step that does not divide the views fails at trace time."""
+  config = importlib.import_module(f"configs.{dataset}").get_config("model=fstfl,frames=16")
+  for name in config.evals:
+    clips, crops = evaluate.protocol_views(config, name)
+    per_call = config.evals[name].get("views_per_step") or clips * crops
+    assert (clips * crops) % per_call == 0, name
+    assert per_call <= 3, name
