@@ -45,6 +45,10 @@ from fstfl_jax import train  # noqa: E402
 from fstfl_jax.models import correlation  # noqa: E402
 from fstfl_jax.tools import roofline  # noqa: E402
 
+# Stored frame size (height, width) the train step is compiled for by default: a 4:3 video at
+# the build's default short side of 256.
+DEFAULT_STORED_FRAME = (256, 340)
+
 # Substrings of the TPU compiler's error when a program needs more HBM than the chip has.
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Ran out of memory", "exceeds the memory")
 
@@ -110,8 +114,8 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       per_chip_batch: int, stored_frame: tuple[int, int] = (256, 340)
-                       ) -> Compiled:
+                       per_chip_batch: int,
+                       stored_frame: tuple[int, int] = DEFAULT_STORED_FRAME) -> Compiled:
   """`train.make_train_step` jitted by `train.jit_train_step`, for `per_chip_batch` clips/chip.
 
   Batch as the input pipeline ships it (`data_pipelines.pipeline`), sharded on B =
@@ -265,7 +269,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int | None = None,
         eval_protocols: tuple[str, ...] = (), eval_per_chip_batch: int | None = None,
-        find_max_batch: bool = False, stored_frame: tuple[int, int] = (256, 340),
+        find_max_batch: bool = False, stored_frame: tuple[int, int] = DEFAULT_STORED_FRAME,
         compile_train: bool = True, config_name: str = "") -> dict[str, Any]:
   """Compiles and analyses the train step and the eval step of each protocol; returns a report.
 
@@ -318,8 +322,8 @@ def main(argv: list[str]) -> None:
   print(format_report(report), flush=True)
   if flags.FLAGS.json:
     storage.write_json(flags.FLAGS.json, report, indent=1)
-  steps = [report["train"] or dict(fits=True)] + list(report["eval"].values())
-  if not all(step["fits"] for step in steps):
+  steps = [report["train"], *report["eval"].values()]
+  if not all(step["fits"] for step in steps if step):
     sys.exit(1)
 
 
@@ -336,7 +340,7 @@ def console_main() -> None:
                       "'' (none) or names of config.evals separated by commas.")
   flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
   flags.DEFINE_bool("train", True, "Compile the train step (--notrain: only the eval steps).")
-  flags.DEFINE_string("stored_frame", "256x340",
+  flags.DEFINE_string("stored_frame", "x".join(map(str, DEFAULT_STORED_FRAME)),
                       "HEIGHTxWIDTH of the stored frames the host ships to the train step "
                       "(the data dir's frame size; build's default short side is 256).")
   flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
