@@ -129,7 +129,10 @@ def write_mp4(path: str, clip: np.ndarray, fps: int = FPS) -> None:
     stream = container.add_stream("libx264", rate=fps)
     stream.height, stream.width = clip.shape[1:3]
     stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": "18", "preset": "veryfast"}
+    # A constant quantiser, not CRF: x264's CRF rate control made different bitstreams (and
+    # decoded pixels) of the same clip from run to run when the machine was busy, so the demo
+    # dataset, and every number trained on it, did not repeat. qp is decided per frame type only.
+    stream.options = {"qp": "18", "preset": "veryfast"}
     for frame in clip:
       container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     container.mux(stream.encode())

@@ -1,6 +1,8 @@
 """The synthetic demo dataset: classes differ only in motion; the built dataset has its sizes."""
 
 import inspect
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import simplejpeg
 from configs import demo
 from data_pipelines import make_demo
 from data_pipelines import records
+
+import test_predict  # noqa: E402  (tests/ is on sys.path)
 
 CLIPS_PER_CLASS, SIZE, FRAMES = 4, 48, 12
 
@@ -119,3 +123,22 @@ def test_rotate90_turns_horizontal_motion_vertical(tmp_path):
   assert fast[0] == 0 and fast[1] <= -2  # Moving right fast became moving up fast.
   moved_up = np.median(_shifts(frames(turned, up)), axis=0)
   assert moved_up[0] < 0 and moved_up[1] == 0  # Moving up became moving left.
+
+
+def test_written_clips_repeat_bit_for_bit_on_a_busy_machine(tmp_path):
+  """The demo's mp4s (and so the demo dataset and every number trained on it) must not depend
+  on machine load. x264's CRF rate control gave this clip 2-3 different bitstreams in 30-60 writes
+  while two other processes kept the cores busy; the constant quantiser gives one."""
+  clip, _ = test_predict.render("red_square", np.random.default_rng([0, 1, 2]))
+  busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+  try:
+    written = set()
+    for k in range(60):
+      path = tmp_path / f"{k}.mp4"
+      make_demo.write_mp4(str(path), clip)
+      written.add(path.read_bytes())
+  finally:
+    for p in busy:
+      p.kill()
+      p.wait()
+  assert len(written) == 1

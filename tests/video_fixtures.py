@@ -31,7 +31,9 @@ def write_video(path: str, num_frames: int = 6, height: int = 48, width: int = 6
     stream = container.add_stream(CODECS[os.path.splitext(path)[1]], rate=fps)
     stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
     if stream.codec_context.name == "libx264":
-      stream.options = {"crf": "12"}  # Near-lossless, so tests can compare pixels.
+      # Near-lossless, so tests can compare pixels; a constant quantiser repeats bit for bit
+      # (CRF did not on a busy machine, see make_demo.write_mp4).
+      stream.options = {"qp": "12"}
     for frame in clip(num_frames, height, width, seed):
       container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     container.mux(stream.encode())
