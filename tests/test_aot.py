@@ -1,7 +1,11 @@
 """TPU ahead-of-time compile of the real train/eval steps (libtpu on CPU) and the roofline maths."""
 
 import json
+import logging
+import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import demo
@@ -97,6 +101,18 @@ def test_stored_frame_flag():
   assert aot.parse_frame_size("256x340") == (256, 340)
   with pytest.raises(aot.cli.UserError, match=r"--stored_frame '256'.*HEIGHTxWIDTH"):
     aot.parse_frame_size("256")
+
+
+def test_compile_logs_what_it_compiles_and_how_long_it_took(caplog):
+  """Full-model compiles take minutes each (several for --max_batch): each says so."""
+  mesh = aot.topology_mesh("v5e:2x2")
+  x = jax.ShapeDtypeStruct((8, 128), jnp.float32,
+                           sharding=jax.sharding.NamedSharding(mesh, jax.P("data")))
+  with caplog.at_level(logging.INFO):
+    compiled, error = aot.aot_compile(jax.jit(lambda v: 2 * v), mesh, x, what="tiny step")
+  assert compiled is not None and error == ""
+  assert "Compiling the tiny step for 4 TPU chips" in caplog.text
+  assert re.search(r"Compiled the tiny step in \d+ s", caplog.text)
 
 
 # --- A real TPU compile of a small config. ---
