@@ -185,3 +185,19 @@ def test_eval_step_compiles(report):
   # --notrain: the report has only the eval steps.
   lines = aot.format_report(dict(report, train=None)).splitlines()
   assert len(lines) == 2 and lines[1].startswith("eval val_1x1: 1 clips/chip")
+
+
+def test_eval_cost_counts_every_model_call_of_the_views_loop():
+  """views_per_step < V runs the model in a loop, whose body the compiler's cost analysis
+  counts once: 3 views per call of 6 must cost what all 6 at once cost, not half of it."""
+  config = _small_config()
+  config.evals.val_2x3.views_per_step = None  # All 6 views in one model call.
+  config.evals.val_2x3_by_3 = dict(clips=2, crops=3, views_per_step=3)  # Two calls.
+  report = aot.run(config, "v5e:2x2", eval_protocols=("val_2x3", "val_2x3_by_3"),
+                   stored_frame=STORED_FRAME, compile_train=False)
+  once, looped = report["eval"]["val_2x3"], report["eval"]["val_2x3_by_3"]
+  assert (once["model_calls"], looped["model_calls"]) == (1, 2)
+  assert once["clips_per_chip"] == looped["clips_per_chip"] == 6
+  assert looped["flops_per_step"] == pytest.approx(once["flops_per_step"], rel=0.02)
+  # The weights are read once per call, so the loop moves somewhat more bytes, never half.
+  assert once["bytes_per_step"] * 0.9 < looped["bytes_per_step"] < once["bytes_per_step"] * 2

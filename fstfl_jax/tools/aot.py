@@ -10,11 +10,14 @@ against a described topology (`jax.experimental.topologies`), with the same jitt
 shardings and donation as `fstfl_jax.train` and `fstfl_jax.evaluate`. Per chip it reports the
 compiler's HBM use (train state, temporaries, total against the chip's capacity), FLOPs and
 bytes accessed, and from those a roofline step time, clips/s and MFU (`tools/roofline.py`).
-These are compiler estimates, not measurements. `correlation impl="auto"` resolves to the TPU
+These are compiler estimates, not measurements. The compiler counts a loop's body once: an eval
+protocol with `views_per_step` runs the model in a loop, so that model call is compiled on its
+own too and its cost added for the other trips. `correlation impl="auto"` resolves to the TPU
 choice, as it would on the slice.
 """
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -77,11 +80,17 @@ def tree_bytes(tree: Any) -> int:
 
 @dataclasses.dataclass
 class Compiled:
-  """One compiled step (None when the compiler ran out of HBM) and its train-state sizes."""
+  """One compiled step (None when the compiler ran out of HBM) and its train-state sizes.
+
+  `loop_body` is compiled on its own when the step runs it in a loop (`loop_trips` > 1 times):
+  the compiler's cost analysis counts a loop body once, whatever its trip count.
+  """
   compiled: Any
   state_bytes: dict[str, int]
   clips_per_chip: int
   error: str = ""
+  loop_body: Any = None
+  loop_trips: int = 1
 
 
 def aot_compile(jitted: Any, mesh: jax.sharding.Mesh, *args: Any,
@@ -174,7 +183,14 @@ def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                mask=jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=data))
   compiled, error = aot_compile(step, mesh, variables, batch,
                                 what=f"eval step {protocol} at {per_chip_batch} videos/chip")
-  return Compiled(compiled, sizes, per_chip_batch * v, error)
+  per_call = config.evals[protocol].get("views_per_step") or v
+  body = None
+  if compiled is not None and per_call < v:
+    # The step walks the views in v / per_call model calls (lax.map); the body is one call.
+    call_input = jax.ShapeDtypeStruct((b * per_call, t, s, s, 3), jnp.uint8, sharding=data)
+    body, _ = aot_compile(jax.jit(functools.partial(model.apply, train=False)), mesh, variables,
+                          call_input, what=f"model call of the {protocol} loop")
+  return Compiled(compiled, sizes, per_chip_batch * v, error, body, v // per_call)
 
 
 def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[str, Any]:
@@ -192,6 +208,11 @@ def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[s
   hbm = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
          + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
   flops, bytes_accessed = float(cost["flops"]), float(cost["bytes accessed"])
+  if result.loop_trips > 1:
+    # Counted once in `cost`; the other trips come on top (the program itself sets the memory).
+    body = result.loop_body.cost_analysis()
+    flops += (result.loop_trips - 1) * float(body["flops"])
+    bytes_accessed += (result.loop_trips - 1) * float(body["bytes accessed"])
   roof = roofline.roofline(flops, bytes_accessed, chip)
   optimal = float(cost.get("optimal_seconds", -1.0))
   return dict(
@@ -210,6 +231,7 @@ def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[s
     optimal_seconds=optimal if optimal > 0 else None,
     mfu_estimate=roofline.mfu(flops, roof["step_seconds"], chip),
     clips_per_chip=result.clips_per_chip,
+    model_calls=result.loop_trips,
     **roofline.throughput(result.clips_per_chip, num_chips, roof["step_seconds"]),
   )
 
@@ -268,7 +290,9 @@ def format_report(report: dict[str, Any]) -> str:
       continue
     opt = r["optimal_seconds"]
     lines.append(
-      f"{name}: {r['clips_per_chip']} clips/chip | HBM {_gib(r['hbm_bytes_per_chip'])} "
+      f"{name}: {r['clips_per_chip']} clips/chip"
+      f"{f' in {calls} model calls' if (calls := r['model_calls']) > 1 else ''} | "
+      f"HBM {_gib(r['hbm_bytes_per_chip'])} "
       f"(state {_gib(r['state_bytes']['total'])}, temp {_gib(r['temp_bytes'])}) "
       f"{'fits' if r['fits'] else 'DOES NOT FIT'} | {r['flops_per_step'] / 1e12:.3f} TFLOP, "
       f"{r['bytes_per_step'] / 1e9:.2f} GB | step {1e3 * r['step_seconds_estimate']:.2f} ms "
