@@ -18,8 +18,8 @@ import numpy as np
 import simplejpeg
 from absl import flags
 
+from data_pipelines import cli
 from data_pipelines import video_decode
-from fstfl_jax import cli
 
 
 def gradient_energy(frame: np.ndarray) -> np.ndarray:
@@ -35,7 +35,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main() -> None:
-  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.axis_anisotropy", doc=__doc__)
+  args = cli.parse_flags(None, define_flags, prog="benchmarks.axis_anisotropy", doc=__doc__)
   paths = sorted(glob.glob(args.videos))[::args.every]
   if not paths:
     raise SystemExit(f"No video matches {args.videos!r}.")

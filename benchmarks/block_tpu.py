@@ -22,11 +22,11 @@ import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
 from configs import common  # noqa: E402
-from fstfl_jax import cli  # noqa: E402
-from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from data_pipelines import cli  # noqa: E402
 from fstfl_jax.models import build_model  # noqa: E402
 from fstfl_jax.models.resnet import Bottleneck  # noqa: E402
 from fstfl_jax.models.video_net import block_parts  # noqa: E402
+from fstfl_jax.training import sharding as sharding_lib  # noqa: E402
 
 # Stage -> (H = W, planes) of a ResNet-50 stage at 224x224.
 STAGES = {"res2": (56, 64), "res3": (28, 128), "res4": (14, 256), "res5": (7, 512)}
@@ -103,7 +103,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv: list[str]) -> None:
-  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.block_tpu", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog="benchmarks.block_tpu", doc=__doc__)
   mesh = aot.topology_mesh(args.topology)
   for use_gsf in (False, True):
     compiled = compile_block(mesh, args.stage, use_gsf, args.clips, args.frames)

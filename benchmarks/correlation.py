@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from fstfl_jax import cli
+from data_pipelines import cli
 from fstfl_jax.models import correlation
 
 GIB = 2.0 ** 30
@@ -193,7 +193,7 @@ def report(args: flags.FlagValues, rows: list[dict], gsf: dict | None) -> str:
 
 
 def main(argv: list[str]) -> None:
-  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.correlation", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog="benchmarks.correlation", doc=__doc__)
   rows = bench_kernels(args)
   gsf = None if args.skip_gsf else bench_gsf_step(args)
   print(report(args, rows, gsf))

@@ -24,10 +24,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from fstfl_jax import cli  # noqa: E402
-from fstfl_jax import sharding as sharding_lib  # noqa: E402
+from data_pipelines import cli  # noqa: E402
 from fstfl_jax.models import correlation  # noqa: E402
 from fstfl_jax.tools import roofline  # noqa: E402
+from fstfl_jax.training import sharding as sharding_lib  # noqa: E402
 
 # Stage -> (H = W, C) of a ResNet-50 stage output at 224x224.
 STAGES = {"res2": (56, 256), "res3": (28, 512), "res4": (14, 1024), "res5": (7, 2048)}
@@ -82,7 +82,7 @@ def compile_kernel(mesh, chip, *, clips, frames, size, channels, max_disp, offse
 
 
 def main(argv: list[str]) -> None:
-  args = cli.parse_tool_flags(argv, define_flags, prog="benchmarks.correlation_tpu", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog="benchmarks.correlation_tpu", doc=__doc__)
   rows = []
   for topology in args.topology:
     mesh, chip = aot.topology_mesh(topology), roofline.chip_spec(topology)

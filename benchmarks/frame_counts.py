@@ -23,8 +23,8 @@ import tempfile
 import av
 from absl import flags
 
+from data_pipelines import cli
 from data_pipelines import integrity
-from fstfl_jax import cli
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
@@ -120,7 +120,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main() -> None:
-  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.frame_counts", doc=__doc__)
+  args = cli.parse_flags(None, define_flags, prog="benchmarks.frame_counts", doc=__doc__)
   av.logging.set_level(av.logging.PANIC)  # FFmpeg complains about every cut file on stderr.
   with tempfile.TemporaryDirectory() as tmp:
     groups = measure(tmp)

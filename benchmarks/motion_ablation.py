@@ -17,16 +17,17 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from collections.abc import Sequence
+
 import numpy as np
+from absl import flags
 
 from configs import demo
-from data_pipelines import records
-from fstfl_jax import cli
-from fstfl_jax import evaluate
-from fstfl_jax import train
+from data_pipelines import cli
+from data_pipelines.records import reading
+from fstfl_jax.apps import experiment
+
+PROG = "benchmarks.motion_ablation"
 
 PER_CLASS_PROTOCOL = "val_1x1"
 
@@ -38,9 +39,9 @@ def run(name: str, seed: int, workdir: str, epochs: int, data_dir: str) -> dict:
   config.input.data_dir = data_dir
   config.train.seed = config.input.shuffle_seed = seed
   t0 = time.perf_counter()
-  train.train_and_evaluate(config, workdir, with_eval=False)
+  experiment.train_and_evaluate(config, workdir, with_eval=False)
   seconds = time.perf_counter() - t0
-  results = evaluate.evaluate(config, workdir)
+  results = experiment.evaluate_checkpoint(config, workdir)
   confusion = np.asarray(results[PER_CLASS_PROTOCOL]["confusion"], np.float64)
   return dict(model=name, seed=seed, train_seconds=seconds,
               per_class=(np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist(),
@@ -85,28 +86,29 @@ def markdown(summaries: list[dict], class_names: list[str]) -> str:
   return "\n".join(lines)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Root of the runs (<workdir>/<model>/seed<s>).",
-                               required=True)
-_MODELS = flags.DEFINE_list("models", ["tsn", "gsf", "fstfl"], "Models to compare.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per model.")
-_EPOCHS = flags.DEFINE_integer("epochs", 3, "Training epochs per run.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "demo_data", "The demo data dir.")
-_JSON = flags.DEFINE_string("json", "", "Also write runs and summaries here.")
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `python -m benchmarks.motion_ablation` (see the module docstring)."""
+  flags.DEFINE_string("workdir", None, "Root of the runs (<workdir>/<model>/seed<s>).",
+                      flag_values=fv, required=True)
+  flags.DEFINE_list("models", ["tsn", "gsf", "fstfl"], "Models to compare.", flag_values=fv)
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per model.", flag_values=fv)
+  flags.DEFINE_integer("epochs", 3, "Training epochs per run.", flag_values=fv)
+  flags.DEFINE_string("data_dir", "demo_data", "The demo data dir.", flag_values=fv)
+  flags.DEFINE_string("json", "", "Also write runs and summaries here.", flag_values=fv)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)  # The train loop's progress lines (rate, ETA).
-  rows = [run(m, int(s), os.path.abspath(os.path.join(_WORKDIR.value, m, f"seed{s}")),
-              _EPOCHS.value, _DATA_DIR.value)
-          for m in _MODELS.value for s in _SEEDS.value]
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
+  rows = [run(m, int(s), os.path.abspath(os.path.join(args.workdir, m, f"seed{s}")),
+              args.epochs, args.data_dir)
+          for m in args.models for s in args.seeds]
   summaries = summarize(rows)
-  print(markdown(summaries, records.read_info(_DATA_DIR.value).class_names), flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  print(markdown(summaries, reading.read_info(args.data_dir).class_names), flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
       json.dump(dict(runs=rows, summary=summaries), f, indent=1)
+  return 0
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run_main(main, PROG)

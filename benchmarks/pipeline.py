@@ -40,10 +40,11 @@ from configs.common import input_config
 from data_pipelines import device_transforms
 from data_pipelines import pipeline
 from data_pipelines import randaugment as randaugment_lib
-from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
 from data_pipelines import video_decode
+from data_pipelines.records import reading
+from data_pipelines.records import writing
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Built dataset; default: a synthetic one.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to read.")
@@ -94,8 +95,8 @@ def build_synthetic(out_dir: str, num_videos: int, num_frames: int) -> None:
   videos = (dict(frames=pool[v % len(pool)], label=v % 10, video_id=f"synthetic{v:05d}",
                  fps=12.0, height=256, width=340, num_frames=num_frames)
             for v in range(num_videos))
-  records.write_split(out_dir, "train", videos, num_shards=8)
-  records.write_metadata(out_dir, [f"class {k}" for k in range(10)], ["train"],
+  writing.write_split(out_dir, "train", videos, num_shards=8)
+  writing.write_metadata(out_dir, [f"class {k}" for k in range(10)], ["train"],
                          dict(source="benchmarks.pipeline synthetic"))
   logging.info("Built %d synthetic videos x %d frames in %.1f s.", num_videos, num_frames,
                time.perf_counter() - start)
@@ -132,7 +133,7 @@ def raw_decode(data_dir: str, split: str, cfg, num_clips: int) -> list[dict]:
   Two reference rows: simplejpeg decode alone, and decode + the train crop/resize/flip (what a
   pipeline with zero reading, batching and threading overhead would reach).
   """
-  source = records.open_split(data_dir, split)
+  source = reading.open_split(data_dir, split)
   rng = np.random.default_rng(0)
   clips = []
   for i in range(num_clips):
@@ -191,7 +192,7 @@ def cpu_seconds() -> float:
 def warm_page_cache(data_dir: str, split: str) -> None:
   """Reads the split's shards once: the timed reads then come from the page cache, as the raw
   decode row's bytes come from memory (the host reclaims cold file pages within minutes)."""
-  for path in records.shard_paths(data_dir, split):
+  for path in reading.shard_paths(data_dir, split):
     with open(path, "rb") as f:
       while f.read(64 << 20):
         pass

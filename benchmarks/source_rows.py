@@ -9,7 +9,7 @@ JPEG shards (`records`, quality 90). Then, on one thread, for the same TSN-sampl
               h264 cannot decode a frame without the ones it references)
   TFDS        `tfds.builder_from_directory(d).as_data_source("train")[i]` for each sampled
               frame record (TFDS's generic example parser), then simplejpeg
-  ours        `records.open_split(d, "train")[v]["frames"]` and `transforms.JpegFrames`
+  ours        `reading.open_split(d, "train")[v]["frames"]` and `transforms.JpegFrames`
 
 Each row reports frames delivered per CPU-second (and per wall second).
 """
@@ -21,10 +21,11 @@ import av
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
 from data_pipelines import video_decode
+from data_pipelines.records import reading
+from data_pipelines.records import writing
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
@@ -69,21 +70,21 @@ def build(out_dir: str, videos: list[np.ndarray], fps: int, num_records: int,
     write_mp4(paths[-1], frames, fps)
   jpegs = [[video_decode.encode_jpeg(f, quality) for f in frames] for frames in videos]
   height, width = videos[0].shape[1:3]
-  records.write_split(out_dir, "train", (
+  writing.write_split(out_dir, "train", (
     dict(frames=jpegs[r % len(videos)], label=0, video_id=f"video{r:04d}", fps=float(fps),
          height=height, width=width, num_frames=len(jpegs[0])) for r in range(num_records)),
     num_shards=2)
-  records.write_metadata(out_dir, ["class 0"], ["train"], dict(source="benchmarks.source_rows"))
+  writing.write_metadata(out_dir, ["class 0"], ["train"], dict(source="benchmarks.source_rows"))
   return paths
 
 
 def rows(data_dir: str, paths: list[str], num_frames: int, num_clips: int,
          rng: np.random.Generator) -> list[dict]:
   """PyAV, TFDS and our reader on the same `num_clips` TSN clips (module docstring)."""
-  ours = records.open_split(data_dir, "train")
+  ours = reading.open_split(data_dir, "train")
   tfds_source = tfds.builder_from_directory(data_dir).as_data_source("train")
   # Global frame-record index of every video's first frame, from our video index.
-  shard_start = np.cumsum([0] + [records.count_records(p) for p in ours.paths]).tolist()
+  shard_start = np.cumsum([0] + [writing.count_records(p) for p in ours.paths]).tolist()
   first = [shard_start[shard] + record
            for shard, record in (ours.record_of(v, 0) for v in range(len(ours)))]
   clips = [(v % len(ours), sampling.tsn_train(ours[0]["num_frames"], num_frames, rng))
@@ -107,4 +108,4 @@ def rows(data_dir: str, paths: list[str], num_frames: int, num_clips: int,
 
   return [_rate("PyAV: sampled frames decoded from the .mp4 files, 1 thread", from_files, total),
           _rate("TFDS as_data_source over the shards + simplejpeg, 1 thread", from_tfds, total),
-          _rate("our reader (records.open_split) + simplejpeg, 1 thread", from_ours, total)]
+          _rate("our reader (reading.open_split) + simplejpeg, 1 thread", from_ours, total)]

@@ -2,9 +2,10 @@
 
   python -m benchmarks.train_step [--clips 2 --frames 8 --size 224 --repeats 3 --json out.json]
 
-For each model: the jitted data-parallel train step of `fstfl_jax.train` (SGD, the real loss,
-BN updates, donated state) on a random uint8 batch; compile time, best-of-N step time, clips/s,
-and XLA's peak temporary memory of the compiled step (`memory_analysis().temp_size_in_bytes`).
+For each model: the jitted data-parallel train step of `fstfl_jax.training.steps` (SGD, the real
+loss, BN updates, donated state) on a random uint8 batch; compile time, best-of-N step time,
+clips/s, and XLA's peak temporary memory of the compiled step
+(`memory_analysis().temp_size_in_bytes`).
 The ratios fstfl/gsf and gsf/tsn are the cost of STC and of GSF on this backend.
 """
 
@@ -17,9 +18,11 @@ import numpy as np
 from absl import flags
 
 from configs import sthv1
-from fstfl_jax import cli
-from fstfl_jax import sharding
-from fstfl_jax import train
+from data_pipelines import cli
+from fstfl_jax.models import build_model
+from fstfl_jax.training import sharding
+from fstfl_jax.training import steps
+from fstfl_jax.training import train
 
 MODELS = ("tsn", "gsf", "fstfl")
 
@@ -29,11 +32,12 @@ def measure(name: str, clips: int, frames: int, size: int, repeats: int) -> dict
   config.input.batch_size = clips
   config.input.crop_size = size
   mesh = sharding.make_mesh()
-  model, tx, schedule, init_fn, abstract = train.build(config, mesh)
+  model = build_model(config.model)
+  tx, schedule, init_fn, abstract = train.build(config, model, mesh)
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
   state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-  step = train.jit_train_step(
-    train.make_train_step(model, tx, schedule), mesh, state_sharding)
+  step = steps.jit_train_step(
+    steps.make_train_step(model, tx, schedule), mesh, state_sharding)
   rng = np.random.default_rng(0)
   batch = sharding.to_global(dict(
     video=rng.integers(0, 256, (clips, frames, size, size, 3), dtype=np.uint8),
@@ -66,7 +70,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main() -> None:
-  args = cli.parse_tool_flags(None, define_flags, prog="benchmarks.train_step", doc=__doc__)
+  args = cli.parse_flags(None, define_flags, prog="benchmarks.train_step", doc=__doc__)
 
   rows = [measure(m, args.clips, args.frames, args.size, args.repeats)
           for m in args.models]

@@ -20,7 +20,6 @@ def make_config(dataset: str, arg: ml_collections.ConfigDict, *, num_classes: in
   """Model, input and training sections for `dataset` with the variants `arg`
   (`common.parse_arg`) applied; no eval protocols and no `runlocal` yet."""
   config = ml_collections.ConfigDict()
-  config.dataset = dataset
   config.model = common.model_config(arg.model, num_classes, arg.frames)
   if arg.stc is not None:
     if arg.model != "fstfl":

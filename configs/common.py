@@ -103,7 +103,6 @@ def model_config(name: str, num_classes: int, num_frames: int) -> ml_collections
 def input_config(dataset: str, num_frames: int, flip: str = "none") -> ml_collections.ConfigDict:
   """Data section read by `data_pipelines.pipeline` (owned by the data pipeline)."""
   return ml_collections.ConfigDict(dict(
-    dataset=dataset,
     data_dir=f"data/{dataset}",  # Output of `python -m data_pipelines.build`.
     train_split="train",
     eval_split="validation",

@@ -16,7 +16,7 @@ import ml_collections
 
 
 def optim_config(num_epochs: int = 60, warmup_epochs: int = 10) -> ml_collections.ConfigDict:
-  """SGD + warm-up/cosine, evaluated by `fstfl_jax.optim`."""
+  """SGD + warm-up/cosine, evaluated by `fstfl_jax.training.optim`."""
   return ml_collections.ConfigDict(dict(
     # lr = base_lr * global_batch / base_batch (linear scaling rule).
     base_lr=0.01,
@@ -39,11 +39,12 @@ def optim_config(num_epochs: int = 60, warmup_epochs: int = 10) -> ml_collection
 
 
 def train_config(num_train_examples: int = 0) -> ml_collections.ConfigDict:
-  """Loop settings read by `fstfl_jax.train`."""
+  """Loop settings read by `fstfl_jax.training.train`."""
   return ml_collections.ConfigDict(dict(
     seed=0,
     # Defines an epoch: examples // global batch steps. 0: the train split's size in
-    # input.data_dir (`fstfl_jax.consistency`); the published sizes are in configs/common.py.
+    # input.data_dir (`fstfl_jax.apps.consistency`); the published sizes are documented in
+    # configs/<dataset>.py (TRAIN_SIZE).
     num_train_examples=num_train_examples,
     num_train_steps=-1,        # -1: optim.num_epochs epochs; > 0 overrides (smoke runs).
     log_every_steps=50,
@@ -53,7 +54,7 @@ def train_config(num_train_examples: int = 0) -> ml_collections.ConfigDict:
 
 
 def checkpoint_config() -> ml_collections.ConfigDict:
-  """Orbax settings read by `fstfl_jax.checkpointing`."""
+  """Orbax settings read by `fstfl_jax.training.checkpointing`."""
   return ml_collections.ConfigDict(dict(
     every_steps=1000,          # Also saved at every evaluation, at pre-emption and at the end.
     keep_latest=2,
@@ -74,7 +75,6 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> ml_collections
   """
   if name not in RECIPES:
     raise ValueError(f"Unknown recipe {name!r}; expected one of {RECIPES}.")
-  config.recipe = name
   if name == "gsf_reference":
     config.input.randaugment = "rand-m9-mstd0.5"
     config.optim.weight_decay = 5e-4

@@ -22,17 +22,18 @@ file system); write to local or shared disk, then copy to a bucket with `fstfl-c
 """
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipelines import build
+from data_pipelines import cli
 from data_pipelines import ingest
-from data_pipelines import records
 from data_pipelines import video_decode
-from fstfl_jax import cli
+from data_pipelines.records import writing
 
+PROG = "data_pipelines.beam_build"
 # One shard to write: (out, split, shard, num_shards, entries, decode tasks of the entries).
 ShardJob = tuple[str, str, int, int, list[ingest.Entry], list[video_decode.Task]]
 
@@ -40,7 +41,7 @@ ShardJob = tuple[str, str, int, int, list[ingest.Entry], list[video_decode.Task]
 def write_shard(job: ShardJob) -> Iterator[tuple[str, int]]:
   """Decodes and writes one shard; yields (split, failures) for the launcher's log."""
   out, split, shard, num_shards, entries, tasks = job
-  if records.shard_is_done(out, split, shard, num_shards):  # A retried bundle.
+  if writing.shard_is_done(out, split, shard, num_shards):  # A retried bundle.
     return
   failures = build.write_shard(out, split, shard, num_shards, entries,
                                map(video_decode.make_record, tasks))
@@ -74,19 +75,16 @@ def build_beam(dataset: str, src: str, out: str, split_id: int = 1, short_side: 
   return build.finish(plan, len(pending))
 
 
-def main(argv: list[str] | None = None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
   split_at = argv.index("--") if "--" in argv else len(argv)
-  args = cli.parse_tool_flags(argv[:split_at], build.define_flags, prog="beam_build",
-                              doc=__doc__)
-  build.refuse_remote("beam_build", args.src, args.out, "a (shared) file system")
-  try:
-    result = build_beam(args.dataset, args.src, args.out, args.split_id, args.short_side,
-                        args.quality, args.num_shards, args.name, argv[split_at + 1:])
-  except ingest.LayoutError as e:
-    sys.exit(f"error: {e}")
+  args = cli.parse_flags(argv[:split_at], build.define_flags, prog=PROG, doc=__doc__)
+  build.refuse_remote(PROG, args.src, args.out, "a (shared) file system")
+  result = build_beam(args.dataset, args.src, args.out, args.split_id, args.short_side,
+                      args.quality, args.num_shards, args.name, argv[split_at + 1:])
   print(build.summary(result))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_main(main, PROG)

@@ -1,14 +1,15 @@
 """Builds ArrayRecord video shards (see `records.py`) from a source dataset layout.
 
-  python -m data_pipelines.build --dataset sthv1 --src /data/sthv1 --out /data/sthv1_shards \
+  fstfl-build --dataset sthv1 --src /data/sthv1 --out /data/sthv1_shards \
       [--split_id 1] [--short_side 256] [--quality 90] [--workers 8] [--num_shards 64]
+  (the same as `python -m data_pipelines.build ...`)
 
 Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
 worker processes and written in annotation order, so shard contents are deterministic.
 
 Undecodable, incomplete (truncated: `integrity.py`) or missing videos are skipped and listed in
 `<out>/failures.jsonl` ({split, video_id, source, reason} per line). The build is resumable:
-finished shards are kept (`records.ShardWriter` renames a shard into place only when complete),
+finished shards are kept (`writing.ShardWriter` renames a shard into place only when complete),
 and `<out>/.build_plan.json` makes a rerun with different inputs or settings fail instead of
 mixing shards.
 """
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import av
@@ -36,14 +37,16 @@ import simplejpeg
 import tqdm
 from absl import flags
 
+from data_pipelines import cli
 from data_pipelines import ingest
 from data_pipelines import integrity
-from data_pipelines import records
+from data_pipelines import storage
 from data_pipelines import video_decode
-from fstfl_jax import cli
-from fstfl_jax import storage
+from data_pipelines.records import schema
+from data_pipelines.records import writing
 
-TOOL_VERSION = "data_pipelines.build 2.0"  # 2.0: record layout 2 (records.LAYOUT).
+PROG = "fstfl-build"
+TOOL_VERSION = "data_pipelines.build 2.0"  # 2.0: record layout 2 (schema.LAYOUT).
 PLAN_FILE = ".build_plan.json"
 FAILURES_FILE = "failures.jsonl"
 FAILURES_DIR = ".failures"  # One list per finished shard, merged into FAILURES_FILE.
@@ -66,6 +69,10 @@ class BuildResult:
 
 def count_incomplete(failures: list[dict[str, str]]) -> int:
   return sum(f["reason"].startswith(integrity.IncompleteVideoError.__name__) for f in failures)
+
+
+class PlanError(cli.UserError, ValueError):
+  """An output dir that holds a build of other inputs or settings."""
 
 
 _PR_SET_PDEATHSIG = 1  # From <linux/prctl.h>.
@@ -143,7 +150,7 @@ def _check_plan(out: str, plan: dict[str, Any]) -> None:
       old = json.load(f)
     if old != plan:
       diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-      raise ValueError(f"{out} holds a build with different {diff} ({path}); use an empty --out "
+      raise PlanError(f"{out} holds a build with different {diff} ({path}); use an empty --out "
                        f"or the same inputs and settings to resume.")
     return
   _atomic_write(path, json.dumps(plan, indent=2, sort_keys=True))
@@ -165,10 +172,10 @@ def write_shard(out: str, split: str, shard: int, num_shards: int,
   The shard's failure list goes to `.failures/` before the shard's rename, so a finished shard
   always has it. Shared by the local build and the Beam build (`beam_build.py`).
   """
-  name = records.shard_name(split, shard, num_shards)
+  name = schema.shard_name(split, shard, num_shards)
   failures = []
   os.makedirs(os.path.join(out, FAILURES_DIR), exist_ok=True)
-  with records.ShardWriter(out, split, shard, num_shards) as writer:
+  with writing.ShardWriter(out, split, shard, num_shards) as writer:
     for entry in entries:
       record, reason = next(results)
       if record is None:
@@ -186,8 +193,8 @@ def write_shard(out: str, split: str, shard: int, num_shards: int,
 def pending_shards(out: str, split: str, num_entries: int, num_shards: int
                    ) -> list[tuple[int, range]]:
   """(shard, entry range) of the shards of `split` not yet finished in `out`."""
-  return [(s, r) for s, r in enumerate(records.shard_ranges(num_entries, num_shards))
-          if not records.shard_is_done(out, split, s, num_shards)]
+  return [(s, r) for s, r in enumerate(writing.shard_ranges(num_entries, num_shards))
+          if not writing.shard_is_done(out, split, s, num_shards)]
 
 
 def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: int,
@@ -204,7 +211,7 @@ def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: 
       failures = write_shard(out, split, shard, num_shards, [entries[i] for i in block], results,
                              bar)
       if failures:
-        bar.write(f"{records.shard_name(split, shard, num_shards)}: skipped {len(failures)} "
+        bar.write(f"{schema.shard_name(split, shard, num_shards)}: skipped {len(failures)} "
                   f"video(s), e.g. {failures[0]['video_id']}: {failures[0]['reason']}")
   return len(pending)
 
@@ -214,7 +221,7 @@ def _collect_failures(out: str, shards: dict[str, int]) -> list[dict[str, str]]:
   for split, num_shards in shards.items():
     for shard in range(num_shards):
       with open(os.path.join(out, FAILURES_DIR,
-                             records.shard_name(split, shard, num_shards) + ".jsonl")) as f:
+                             schema.shard_name(split, shard, num_shards) + ".jsonl")) as f:
         failures += [json.loads(line) for line in f if line.strip()]
   _atomic_write(os.path.join(out, FAILURES_FILE),
                 "".join(json.dumps(f) + "\n" for f in failures))
@@ -261,7 +268,7 @@ def prepare(dataset: str, src: str, out: str, split_id: int = 1, short_side: int
 def finish(plan: Plan, written: int) -> BuildResult:
   """Merges the failure lists and writes the metadata once every shard is finished."""
   failures = _collect_failures(plan.out, plan.shards)
-  sizes = records.write_metadata(plan.out, plan.layout.class_names, list(plan.layout.splits),
+  sizes = writing.write_metadata(plan.out, plan.layout.class_names, list(plan.layout.splits),
                                  dict(plan.settings, skipped=len(failures),
                                       incomplete=count_incomplete(failures)),
                                  dataset_name=plan.name)
@@ -297,7 +304,7 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  """The flags of `python -m data_pipelines.build` (see the module docstring)."""
+  """The flags of `fstfl-build` (see the module docstring)."""
   flags.DEFINE_enum("dataset", None, sorted(ingest.PARSERS), "Source layout.", flag_values=fv,
                     required=True)
   flags.DEFINE_string("src", None, "Source root of the layout.", flag_values=fv, required=True)
@@ -327,16 +334,19 @@ def summary(result: BuildResult) -> str:
              else "") + f"; wrote {result.shards_written} shard(s).")
 
 
-def main(argv: list[str] | None = None) -> None:
-  args = cli.parse_tool_flags(argv, define_flags, prog="build", doc=__doc__)
-  refuse_remote("build", args.src, args.out, "local disk")
-  try:
-    result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
-                   args.workers, args.num_shards, args.name)
-  except ingest.LayoutError as e:
-    sys.exit(f"error: {e}")
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
+  refuse_remote(PROG, args.src, args.out, "local disk")
+  result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
+                 args.workers, args.num_shards, args.name)
   print(summary(result))
+  return 0
+
+
+def run() -> None:
+  """Console script `fstfl-build`."""
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":
-  main()
+  run()

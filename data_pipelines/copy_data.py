@@ -1,8 +1,9 @@
 r"""Copy a built data dir between a bucket and local disk (either direction), resumably.
 
-  python -m data_pipelines.copy_data --src gs://bucket/data/sthv1 --dst /mnt/disks/data/sthv1 \
+  fstfl-copy-data --src gs://bucket/data/sthv1 --dst /mnt/disks/data/sthv1 \
       [--splits train,validation]
   fstfl-copy-data --src data/sthv1 --dst gs://bucket/data/sthv1   # after a local build
+  (the same as `python -m data_pipelines.copy_data ...`)
 
 ArrayRecord reads local files only, so on a TPU slice or GPU cluster every host copies the
 shards it trains on to its own disk (run it on all hosts, e.g. `--worker=all`), and the
@@ -21,10 +22,12 @@ from collections.abc import Sequence
 import tqdm
 from absl import flags
 
-from data_pipelines import records
-from fstfl_jax import cli
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
+from data_pipelines.records import reading
+from data_pipelines.records import schema
 
+PROG = "fstfl-copy-data"
 _CHUNK = 64 << 20  # Bytes per read: bounds memory for multi-GB shards.
 
 
@@ -48,12 +51,12 @@ def _copy_file(src: str, dst: str) -> int:
 
 def _shard(name: str) -> tuple[str, int, int] | None:
   """A shard file or its video index -> (split, shard, num_shards); other names -> None."""
-  return records.parse_shard_name(name.removesuffix(records.INDEX_SUFFIX))
+  return schema.parse_shard_name(name.removesuffix(schema.INDEX_SUFFIX))
 
 
 def plan(src: str, splits: Sequence[str] | None) -> list[str]:
   """Names of the files to copy: top-level metadata plus the shards of `splits` (None: all)."""
-  info = records.read_info(src)  # Also checks that `src` is a built data dir.
+  info = reading.read_info(src)  # Also checks that `src` is a built data dir.
   wanted = list(info.split_sizes) if splits is None else list(splits)
   unknown = sorted(set(wanted) - set(info.split_sizes))
   if unknown:
@@ -104,7 +107,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli.parse_tool_flags(argv, define_flags, prog="fstfl-copy-data", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   splits = args.splits.split(",") if args.splits else None
   files, size = copy_data_dir(args.src, args.dst, splits, args.threads)
   print(f"{args.dst}: copied {files} file(s), {size / 2**20:.1f} MiB; the rest was already there.")
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
   """Console script `fstfl-copy-data`."""
-  cli.run_main(main)
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,14 @@ import json
 import os
 from collections.abc import Callable
 
+from data_pipelines import cli
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
                     ".flv")
 STHV1_FPS = 12.0  # The V1 frames were extracted at 12 fps (dataset documentation).
 
 
-class LayoutError(ValueError):
+class LayoutError(cli.UserError, ValueError):
   """Missing or malformed annotation file, unknown class, or empty split."""
 
 

@@ -1,7 +1,8 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
-  python -m data_pipelines.make_demo --out /tmp/demo [--videos_per_class 150
-      --val_videos_per_class 16 --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
+  fstfl-make-demo --out /tmp/demo [--videos_per_class 150 --val_videos_per_class 16
+      --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
+  (the same as `python -m data_pipelines.make_demo ...`)
 
 Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
 (the actor) and two small random-texture distractors drifting in random directions, plus mild
@@ -29,14 +30,16 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Sequence
 
 import av
 import numpy as np
 from absl import flags
 
 from data_pipelines import build as build_lib
-from fstfl_jax import cli
+from data_pipelines import cli
 
+PROG = "fstfl-make-demo"
 CLASS_NAMES = (
   "00_move_left", "01_move_right", "02_move_up", "03_move_down", "04_move_right_fast",
   "05_pretend_move_right", "06_pretend_move_left", "07_rotate_clockwise",
@@ -213,7 +216,7 @@ def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int =
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  """The flags of `python -m data_pipelines.make_demo`: `make_demo`'s arguments, its defaults."""
+  """The flags of `fstfl-make-demo`: `make_demo`'s arguments, its defaults."""
   default = {k: p.default for k, p in inspect.signature(make_demo).parameters.items()}
   flags.DEFINE_string("out", None, "Output data dir (videos go to <out>/raw).", flag_values=fv,
                       required=True)
@@ -227,14 +230,20 @@ def define_flags(fv: flags.FlagValues) -> None:
                     "control; class names kept).", flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> None:
-  args = cli.parse_tool_flags(argv, define_flags, prog="make_demo", doc=__doc__)
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   result = make_demo(args.out, args.videos_per_class, args.val_videos_per_class, args.size,
                      args.frames, args.seed, args.workers, args.rotate90)
   print(f"{result.out}: {len(result.class_names)} classes, "
         + ", ".join(f"{s}={n}" for s, n in result.split_sizes.items())
         + f", skipped {len(result.failures)}.")
+  return 0
+
+
+def run() -> None:
+  """Console script `fstfl-make-demo`."""
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":
-  main()
+  run()

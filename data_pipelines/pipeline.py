@@ -33,9 +33,9 @@ import numpy as np
 
 from data_pipelines import device_transforms
 from data_pipelines import randaugment
-from data_pipelines import records
 from data_pipelines import sampling
 from data_pipelines import transforms
+from data_pipelines.records import reading
 
 
 def _per_process(global_batch: int, process_count: int, what: str) -> int:
@@ -50,7 +50,7 @@ class _ClipReader:
   def __init__(self, data_dir: str, split: str):
     self.data_dir = data_dir
     self.split = split
-    self.source = records.open_split(data_dir, split)
+    self.source = reading.open_split(data_dir, split)
 
   def __len__(self) -> int:
     return len(self.source)
@@ -208,7 +208,7 @@ class EvalClip(grain.transforms.Map):
 def _flip_labels(cfg: ml_collections.ConfigDict) -> np.ndarray | None:
   if cfg.flip != "flip_swap_labels":
     return None
-  names = records.read_info(cfg.data_dir).class_names
+  names = reading.read_info(cfg.data_dir).class_names
   pairs = transforms.swap_pairs_from_names(names)
   if pairs:
     logging.info("Flip swaps labels %s.", [(names[i], names[j]) for i, j in pairs])
@@ -268,7 +268,7 @@ def make_train_iter(input_cfg: ml_collections.ConfigDict, *, process_index: int 
 
 
 def _eval_split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
-  sizes = records.read_info(cfg.data_dir).split_sizes
+  sizes = reading.read_info(cfg.data_dir).split_sizes
   if split not in sizes:
     raise ValueError(f"{cfg.data_dir}: no split {split!r}; has {sorted(sizes)}.")
   return sizes[split]

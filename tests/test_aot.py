@@ -10,8 +10,8 @@ import pytest
 
 from configs import demo
 from data_pipelines import transforms
-from fstfl_jax.tools import aot  # Before any TPU client starts: sets the libtpu environment.
 from fstfl_jax.models import correlation
+from fstfl_jax.tools import aot  # Before any TPU client starts: sets the libtpu environment.
 from fstfl_jax.tools import model_info
 from fstfl_jax.tools import roofline
 
@@ -62,7 +62,7 @@ def _search(hbm, known):
     calls.append(n)
     return hbm(n)
 
-  return aot.max_batch(measured, CAPACITY, known, limit=100), calls
+  return roofline.max_batch(measured, CAPACITY, known, limit=100), calls
 
 
 @pytest.mark.parametrize("per_clip", [0.4e9, 0.6e9, 1.1e9, 3e9, 15.5e9, 17e9])

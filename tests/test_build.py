@@ -15,15 +15,16 @@ import simplejpeg
 
 from data_pipelines import build
 from data_pipelines import ingest
-from data_pipelines import records
 from data_pipelines import video_decode
+from data_pipelines.records import reading
+from data_pipelines.records import schema
 import video_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _by_id(data_dir: str, split: str) -> dict[str, dict]:
-  return {r["video_id"]: r for r in records.open_split(data_dir, split)}
+  return {r["video_id"]: r for r in reading.open_split(data_dir, split)}
 
 
 def _jpeg_shape(data: bytes) -> tuple[int, int]:
@@ -94,7 +95,7 @@ def test_corrupt_video_is_skipped_and_listed(folder_build):
     listed = [json.loads(line) for line in f]
   assert listed == result.failures
   assert listed[0]["source"] == f"{src}/train/ant/broken.mp4" and listed[0]["reason"]
-  assert records.read_info(out).settings["skipped"] == 1
+  assert reading.read_info(out).settings["skipped"] == 1
 
 
 def test_decoded_pixels_match_the_source(tmp_path):
@@ -137,7 +138,7 @@ def test_ucf101_split_files_and_avi(tmp_path):
     "v_ApplyEyeMakeup_g01_c01": 0, "v_Biking_g01_c01": 1, "v_YoYo_g01_c01": 2}
   assert all(r["num_frames"] == 3 and (r["height"], r["width"]) == (32, 48)
              for r in train.values())
-  assert records.read_info(out).settings["split_id"] == 2
+  assert reading.read_info(out).settings["split_id"] == 2
 
 
 def test_k400_csv_with_flat_and_class_folders(tmp_path):
@@ -243,27 +244,27 @@ def small_folder(tmp_path):
 
 def _shard_stats(out: str) -> dict[str, tuple[int, int]]:
   return {n: (os.stat(os.path.join(out, n)).st_ino, os.stat(os.path.join(out, n)).st_mtime_ns)
-          for n in os.listdir(out) if records.parse_shard_name(n)}
+          for n in os.listdir(out) if schema.parse_shard_name(n)}
 
 
 def test_resume_keeps_finished_shards_and_replaces_stale_partial(small_folder):
   src, out = small_folder
   first = build.build("folder", src, out, workers=0, num_shards=3)
   assert first.shards_written == 4
-  want = list(records.open_split(out, "train"))
+  want = list(reading.open_split(out, "train"))
   before = _shard_stats(out)
-  lost = records.shard_name("train", 1, 3)
+  lost = schema.shard_name("train", 1, 3)
   os.remove(os.path.join(out, lost))
-  os.makedirs(os.path.join(out, records.PARTIAL_DIR), exist_ok=True)
-  with open(os.path.join(out, records.PARTIAL_DIR, lost), "wb") as f:
+  os.makedirs(os.path.join(out, schema.PARTIAL_DIR), exist_ok=True)
+  with open(os.path.join(out, schema.PARTIAL_DIR, lost), "wb") as f:
     f.write(b"truncated garbage")
   second = build.build("folder", src, out, workers=0, num_shards=3)
   assert second.shards_written == 1
   after = _shard_stats(out)
   assert {n: s for n, s in after.items() if n != lost} == {
     n: s for n, s in before.items() if n != lost}
-  assert list(records.open_split(out, "train")) == want
-  assert not os.path.exists(os.path.join(out, records.PARTIAL_DIR))
+  assert list(reading.open_split(out, "train")) == want
+  assert not os.path.exists(os.path.join(out, schema.PARTIAL_DIR))
 
 
 def test_interrupted_build_exposes_only_finished_shards(small_folder, monkeypatch):
@@ -280,13 +281,13 @@ def test_interrupted_build_exposes_only_finished_shards(small_folder, monkeypatc
   monkeypatch.setattr(video_decode, "make_record", dies_on_fourth)
   with pytest.raises(KeyboardInterrupt):
     build.build("folder", src, out, workers=0, num_shards=2)  # Train shards: 2 + 3 videos.
-  assert sorted(_shard_stats(out)) == [records.shard_name("train", 0, 2)]
+  assert sorted(_shard_stats(out)) == [schema.shard_name("train", 0, 2)]
   with pytest.raises(ValueError, match=r"incomplete, missing \['train\.array_record-00001"):
-    records.shard_paths(out, "train")
+    reading.shard_paths(out, "train")
   monkeypatch.setattr(video_decode, "make_record", real)
   result = build.build("folder", src, out, workers=0, num_shards=2)
   assert result.shards_written == 2 and result.split_sizes == {"train": 5, "validation": 1}
-  assert sorted(r["video_id"] for r in records.open_split(out, "train")) == [
+  assert sorted(r["video_id"] for r in reading.open_split(out, "train")) == [
     "c0/v0", "c0/v2", "c0/v4", "c1/v1", "c1/v3"]
 
 
@@ -413,5 +414,6 @@ def test_build_refuses_bucket_paths_in_one_line(flag, tmp_path, capsys):
     build.main(["--dataset", "ucf101", "--src", paths["--src"], "--out", paths["--out"]])
   err = capsys.readouterr().err.strip().splitlines()
   assert exit_info.value.code == 2 and len(err) == 1
-  assert err[0].startswith(f"build: error: {flag} gs://bucket/x") and "fstfl-copy-data" in err[0]
+  assert err[0].startswith(f"fstfl-build: error: {flag} gs://bucket/x")
+  assert "fstfl-copy-data" in err[0]
   assert not (tmp_path / "data").exists()

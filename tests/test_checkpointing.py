@@ -1,7 +1,8 @@
 """Checkpoints: crash and pre-emption resume == uninterrupted run; NaN stop; retention; restore.
 
-The runs use `train.train_and_evaluate` end to end with a real grain iterator over synthetic
-clips (`SyntheticData`), so both the train state and the data position go through Orbax.
+The runs use the training loop (`train.train_and_evaluate`) end to end with a real grain
+iterator over synthetic clips (`SyntheticData`), so both the train state and the data position
+go through Orbax.
 """
 
 import json
@@ -18,10 +19,12 @@ import numpy as np
 import pytest
 
 from configs import common, recipe
-from fstfl_jax import checkpointing
-from fstfl_jax import guards
-from fstfl_jax import sharding as sharding_lib
-from fstfl_jax import train
+from fstfl_jax.models import build_model
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import guards
+from fstfl_jax.training import logs
+from fstfl_jax.training import sharding as sharding_lib
+from fstfl_jax.training import train
 
 TOTAL_STEPS = 6
 
@@ -88,12 +91,12 @@ def tiny_config(model: str = "gsf") -> ml_collections.ConfigDict:
 
 def run(workdir, events=None, config=None):
   config = config or tiny_config()
-  return train.train_and_evaluate(config, str(workdir), with_eval=False,
+  return train.train_and_evaluate(config, str(workdir), model=build_model(config.model),
                                   data=SyntheticData(config, events))
 
 
 def read_log(workdir):
-  with open(os.path.join(workdir, train.METRICS_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, logs.METRICS_FILE), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   keys = ("train/loss", "train/accuracy", "train/grad_norm", "train/lr")
   return [row["step"] for row in rows], {row["step"]: [row[k] for k in keys] for row in rows}
@@ -233,7 +236,7 @@ def test_init_from_run_and_from_imagenet_file(straight, tmp_path):
   config.model.num_classes = 7  # A new head, as when fine-tuning Kinetics -> UCF-101.
   mesh = sharding_lib.make_mesh()
   with jax.set_mesh(mesh):
-    _, tx, _, init_fn, abstract = train.build(config, mesh)
+    tx, _, init_fn, abstract = train.build(config, build_model(config.model), mesh)
     fresh = jax.jit(init_fn, out_shardings=jax.tree.map(lambda x: x.sharding, abstract))(
       jax.random.PRNGKey(1))
     config.init_from = str(ref_dir)

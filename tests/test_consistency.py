@@ -10,10 +10,10 @@ from configs import base
 from configs import common
 from configs import demo
 from data_pipelines import build
-from fstfl_jax import checkpointing
-from fstfl_jax import consistency
-from fstfl_jax import evaluate
-from fstfl_jax import train
+from fstfl_jax.apps import consistency
+from fstfl_jax.apps import experiment
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import train
 import video_fixtures
 
 CLASSES = ("ant", "bee", "cat")
@@ -85,7 +85,7 @@ def test_training_and_eval_stop_before_any_work(data_dir, tmp_path):
   config = _config(data_dir)
   config.model.num_classes = 2  # A 2-way head on 3-class data used to train on bad labels.
   with pytest.raises(consistency.ConsistencyError, match="--config.model.num_classes=3"):
-    train.train_and_evaluate(config, str(tmp_path), with_eval=False)
+    experiment.train_and_evaluate(config, str(tmp_path), with_eval=False)
   assert not os.path.exists(checkpointing.checkpoint_dir(str(tmp_path)))
   with pytest.raises(consistency.ConsistencyError, match="--config.model.num_classes=3"):
-    evaluate.evaluate(config, str(tmp_path))  # Before looking for a checkpoint.
+    experiment.evaluate_checkpoint(config, str(tmp_path))  # Before looking for a checkpoint.

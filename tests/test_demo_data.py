@@ -10,7 +10,7 @@ import simplejpeg
 
 from configs import demo
 from data_pipelines import make_demo
-from data_pipelines import records
+from data_pipelines.records import reading
 
 import test_predict  # noqa: E402  (tests/ is on sys.path)
 
@@ -68,11 +68,11 @@ def test_built_demo_sizes_names_and_decoded_motion(tmp_path):
   out = str(tmp_path)
   result = make_demo.make_demo(out, videos_per_class=2, val_videos_per_class=1, size=32,
                                frames=8, workers=0)
-  info = records.read_info(out)
+  info = reading.read_info(out)
   assert info.class_names == list(make_demo.CLASS_NAMES) == sorted(make_demo.CLASS_NAMES)
   assert info.split_sizes == result.split_sizes == {"train": 24, "validation": 12}
   assert result.failures == []
-  train = list(records.open_split(out, "train"))
+  train = list(reading.open_split(out, "train"))
   assert sorted(r["label"] for r in train) == sorted(list(range(12)) * 2)
   assert all((r["num_frames"], r["height"], r["width"]) == (8, 32, 32) for r in train)
   fast = [r for r in train if r["label"] == make_demo.CLASS_NAMES.index("04_move_right_fast")]
@@ -112,7 +112,7 @@ def test_rotate90_turns_horizontal_motion_vertical(tmp_path):
   up = make_demo.CLASS_NAMES.index("02_move_up")
 
   def frames(out, label):
-    record = next(r for r in records.open_split(out, "train") if r["label"] == label)
+    record = next(r for r in reading.open_split(out, "train") if r["label"] == label)
     return np.stack([simplejpeg.decode_jpeg(f) for f in record["frames"]])
 
   a, b = frames(plain, right), frames(turned, right)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from fstfl_jax import ensemble
-from fstfl_jax import scores
+from fstfl_jax.apps import ensemble
+from fstfl_jax.evaluation import scores
 from fstfl_jax.tools import model_info
 
 # Two members, 4 videos, 3 classes. Video 0 is where the two averages disagree:
@@ -115,7 +115,7 @@ def test_cost_is_the_sum_of_the_members(tmp_path):
 def test_command_line_writes_json(members, tmp_path):
   out = tmp_path / "out" / "ens.json"
   proc = subprocess.run(
-    [sys.executable, "-m", "fstfl_jax.ensemble", f"--workdirs={','.join(members)}",
+    [sys.executable, "-m", "fstfl_jax.apps.ensemble", f"--workdirs={','.join(members)}",
      "--protocol=val_1x1", "--average=logits", "--nocost", f"--json={out}"],
     capture_output=True, text=True, check=True)
   assert "top-1 50.00%" in proc.stdout

@@ -22,12 +22,15 @@ from PIL import Image
 
 from configs.common import input_config
 from data_pipelines import pipeline
-from data_pipelines import records
-from fstfl_jax import checkpointing
-from fstfl_jax import evaluate
-from fstfl_jax import reporting
-from fstfl_jax import scores
-from fstfl_jax import sharding
+from data_pipelines.records import writing
+from fstfl_jax.apps import experiment
+from fstfl_jax.evaluation import evaluate
+from fstfl_jax.evaluation import protocols
+from fstfl_jax.evaluation import reporting
+from fstfl_jax.evaluation import scores
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import sharding
+from fstfl_jax.training import steps as steps_lib
 
 K = 7                 # Classes: > 5 so that top-5 is not trivially 1.
 T, S = 2, 8           # Frames and crop size.
@@ -113,7 +116,7 @@ def hand_metrics(logits, labels):
 @functools.cache
 def eval_step(model):
   """One compiled eval step per tiny model, shared by the tests (as a run shares its own)."""
-  return evaluate.make_eval_step(model, K)
+  return steps_lib.make_eval_step(model, K)
 
 
 def run(model_and_vars, batches, mesh, **kwargs):
@@ -196,7 +199,7 @@ def test_mesh_and_order_do_not_matter(model_and_vars, dataset, mesh8, mesh_kind)
 @pytest.mark.parametrize("views_per_step", [None, 1, 3])
 def test_view_average_is_mean_of_per_view_logits(model_and_vars, dataset, mesh8, views_per_step):
   model, variables = model_and_vars
-  step = evaluate.make_eval_step(model, K, views_per_step)
+  step = steps_lib.make_eval_step(model, K, views_per_step)
   batch = make_batches(dataset)[0]
   with jax.set_mesh(mesh8):
     out = step(jax.device_put(variables, sharding.replicated(mesh8)),
@@ -270,8 +273,8 @@ def _write_split(path, frames, labels):
   recs = [dict(frames=[simplejpeg.encode_jpeg(f, quality=95, colorspace="RGB") for f in video],
                label=int(label), video_id=f"v{v}", fps=6.0, height=24, width=32, num_frames=6)
           for v, (video, label) in enumerate(zip(frames, labels))]
-  records.write_split(path, "validation", recs, num_shards=1)
-  records.write_metadata(path, [f"class{k}" for k in range(DATA_K)], ["validation"],
+  writing.write_split(path, "validation", recs, num_shards=1)
+  writing.write_metadata(path, [f"class{k}" for k in range(DATA_K)], ["validation"],
                          dict(source="test"))
   return path
 
@@ -312,20 +315,20 @@ def _config(data_dir):
 
 def test_protocol_config_and_errors(tmp_path):
   config = _config(str(tmp_path))
-  assert evaluate.training_protocol(config) == "val_1x1"  # Fewest views.
+  assert protocols.training_protocol(config) == "val_1x1"  # Fewest views.
   config.train_eval = "val_2x3"
-  assert evaluate.training_protocol(config) == "val_2x3"
+  assert protocols.training_protocol(config) == "val_2x3"
   config.train_eval = "val_3x3"
   with pytest.raises(ValueError, match="No eval protocol 'val_3x3'"):
-    evaluate.training_protocol(config)
-  assert evaluate.protocol_views(config, "val_2x3") == (CLIPS, CROPS)
-  assert evaluate.protocol_input(config, "val_2x3").test_clip_sampling == "random"
-  assert evaluate.protocol_input(config, "val_1x1").test_clip_sampling == "uniform"
+    protocols.training_protocol(config)
+  assert protocols.protocol_views(config, "val_2x3") == (CLIPS, CROPS)
+  assert protocols.protocol_input(config, "val_2x3").test_clip_sampling == "random"
+  assert protocols.protocol_input(config, "val_1x1").test_clip_sampling == "uniform"
   with pytest.raises(ValueError, match="No eval protocol 'val_9x9'"):
-    evaluate.protocol_views(config, "val_9x9")
+    protocols.protocol_views(config, "val_9x9")
   config.evals.val_1x1.crops = 0
   with pytest.raises(ValueError, match="config.evals.val_1x1.crops must be a positive int"):
-    evaluate.protocol_views(config, "val_1x1")
+    protocols.protocol_views(config, "val_1x1")
 
 
 def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
@@ -344,16 +347,16 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
     metrics={"top1": 0.5})
   manager.wait_until_finished()
   manager.close()
-  monkeypatch.setattr(evaluate, "build_model", lambda cfg: model)
+  monkeypatch.setattr(experiment, "build_model", lambda cfg: model)
 
   mesh1 = sharding.make_mesh(1)
-  results = evaluate.evaluate(config, str(workdir), checkpoint="best", with_predictions=True,
-                              mesh=mesh1)
+  results = experiment.evaluate_checkpoint(config, str(workdir), checkpoint="best",
+                                           with_predictions=True, mesh=mesh1)
 
   apply = jax.jit(lambda x: model.apply(variables, x, train=False))
   video_logits = {}
   for name, (clips, crops) in (("val_1x1", (1, 1)), ("val_2x3", (CLIPS, CROPS))):
-    batches = list(pipeline.make_eval_iter(evaluate.protocol_input(config, name), clips=clips,
+    batches = list(pipeline.make_eval_iter(protocols.protocol_input(config, name), clips=clips,
                                            crops=crops))
     video = np.concatenate([b["video"] for b in batches])
     mask = np.concatenate([b["mask"] for b in batches])
@@ -385,8 +388,9 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
 
   # The train loop's EvalFn: scalars of the cheapest protocol, with one eval step per run.
   built = []
-  make_eval_step = evaluate.make_eval_step
-  monkeypatch.setattr(evaluate, "make_eval_step", lambda *a: built.append(a) or make_eval_step(*a))
+  make_eval_step = steps_lib.make_eval_step
+  monkeypatch.setattr(steps_lib, "make_eval_step",
+                      lambda *a: built.append(a) or make_eval_step(*a))
   validate = evaluate.make_validator(config, model, mesh1)
   for step in (12, 14):
     scalars = validate(types.SimpleNamespace(**variables), step)
@@ -394,9 +398,10 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
     assert scalars["num_videos"] == NUM_VAL and "confusion" not in scalars
   assert len(built) == 1
   # --mode train_and_eval: validation and the final evaluation share one step per protocol.
-  steps = evaluate.EvalSteps(config, model)
+  steps = protocols.EvalSteps(config, model)
   evaluate.make_validator(config, model, mesh1, steps)(types.SimpleNamespace(**variables), 12)
-  evaluate.evaluate(config, str(workdir), protocol="val_1x1", mesh=mesh1, steps=steps)
+  experiment.evaluate_checkpoint(config, str(workdir), protocol="val_1x1", mesh=mesh1,
+                                 steps=steps)
   assert len(built) == 2
 
 
@@ -407,7 +412,7 @@ def test_dataset_protocols_split_their_views_into_small_calls(dataset):
   (README, "On TPU"), and a views_per_step that does not divide the views fails at trace time."""
   config = importlib.import_module(f"configs.{dataset}").get_config("model=fstfl,frames=16")
   for name in config.evals:
-    clips, crops = evaluate.protocol_views(config, name)
+    clips, crops = protocols.protocol_views(config, name)
     per_call = config.evals[name].get("views_per_step") or clips * crops
     assert (clips * crops) % per_call == 0, name
     assert per_call <= 3, name

@@ -19,7 +19,8 @@ import pytest
 
 import test_cli
 import xla_env
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 12
@@ -92,7 +93,7 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   video = next((data / "raw" / "validation").rglob("*.mp4"))
   remote_video = f"{gcs}/videos/{video.name}"
   storage.write_bytes(remote_video, video.read_bytes())
-  out = _run(cwd, "fstfl_jax.predict", "--workdir", workdir, "--video", str(video),
+  out = _run(cwd, "fstfl_jax.apps.predict", "--workdir", workdir, "--video", str(video),
              "--video", remote_video, "--json").stdout
   lines = [json.loads(line) for line in out.splitlines()]
   assert [r["video"] for r in lines] == [str(video), remote_video]
@@ -114,19 +115,21 @@ def test_gs_data_dir_is_one_clear_error(gcs, tmp_path):
               check=False)
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith("FATAL: input.data_dir=gs://") and "fstfl-copy-data" in lines[-1]
+  assert (lines[-1].startswith("fstfl-train: error: input.data_dir=gs://")
+          and "fstfl-copy-data" in lines[-1])
   assert not (tmp_path / "wd").exists()
 
 
-@pytest.mark.parametrize("mistake, args, expected", [
+@pytest.mark.parametrize("mistake, args, expected, status", [
   ("variant", ["--config", "configs/demo.py:modl=gsf", "--workdir", "W"],
-   "Unknown config variant 'modl'"),
+   "Unknown config variant 'modl'", cli.USAGE_STATUS),
   ("data dir", ["--config", "configs/demo.py", "--config.input.data_dir=/no/such",
-                "--workdir", "W"], "data dir /no/such: no such directory"),
+                "--workdir", "W"], "data dir /no/such: no such directory", cli.ERROR_STATUS),
   ("eval without checkpoints", ["--config", "configs/demo.py", "--workdir", "W",
-                                "--mode", "eval"], "--mode eval: no checkpoints in --workdir"),
+                                "--mode", "eval"], "--mode eval: no checkpoints in --workdir",
+   cli.ERROR_STATUS),
 ])
-def test_common_mistakes_are_one_fatal_line(mistake, args, expected, tmp_path):
+def test_common_mistakes_are_one_error_line(mistake, args, expected, status, tmp_path):
   del mistake
   data = tmp_path / "data"
   if "eval" in args:  # Needs a real data dir to get as far as the checkpoint check.
@@ -135,8 +138,8 @@ def test_common_mistakes_are_one_fatal_line(mistake, args, expected, tmp_path):
     args = [*args, f"--config.input.data_dir={data}"]
   args = [str(tmp_path / "wd") if a == "W" else a for a in args]
   proc = _run(tmp_path, "fstfl_jax.main", *args, check=False)
-  assert proc.returncode == 1
+  assert proc.returncode == status
   assert expected in proc.stderr
-  assert proc.stderr.strip().splitlines()[-1].startswith("FATAL: ")
+  assert proc.stderr.strip().splitlines()[-1].startswith("fstfl-train: error: ")
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "wd").exists()  # Nothing written, not even config.json.

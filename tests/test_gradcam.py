@@ -15,13 +15,13 @@ from PIL import Image
 
 from configs import common
 from data_pipelines import sampling
-from fstfl_jax import gradcam
-from fstfl_jax import inference
-from fstfl_jax import sharding
-from fstfl_jax import video_io
+from fstfl_jax.apps import gradcam
+from fstfl_jax.apps import inference
+from fstfl_jax.apps import video_io
 from fstfl_jax.models import build_model
 from fstfl_jax.models.resnet import Bottleneck, stage_planes
 from fstfl_jax.models.video_net import STAGE_NAMES, block_parts
+from fstfl_jax.training import sharding
 
 import test_predict  # The trained run is shared with test_predict.py (one per session).
 

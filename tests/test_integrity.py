@@ -7,8 +7,8 @@ import pytest
 
 from data_pipelines import build
 from data_pipelines import integrity
-from data_pipelines import records
 from data_pipelines import video_decode
+from data_pipelines.records import reading
 import video_fixtures
 
 FRAMES = 30
@@ -98,5 +98,5 @@ def test_build_lists_truncated_videos_and_counts_them(tmp_path):
                                                                   ("train", "a/cut_webm")]
   assert all(f["reason"].startswith("IncompleteVideoError: decoded ") for f in listed)
   assert result.incomplete == 2
-  settings = records.read_info(out).settings
+  settings = reading.read_info(out).settings
   assert settings["skipped"] == 2 and settings["incomplete"] == 2

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fstfl_jax import metrics
+from fstfl_jax.training import logs
+from fstfl_jax.training import metrics
 
 
 def _log_softmax(x):
@@ -109,28 +110,28 @@ def test_mean_class_accuracy_skips_absent_classes():
 
 def test_metric_writer_writes_only_on_process_zero(tmp_path):
   path = tmp_path / "logs" / "metrics.jsonl"
-  with metrics.MetricWriter(path, process_index=0) as writer:
+  with logs.MetricWriter(path, process_index=0) as writer:
     writer.write(1, {"loss": jnp.float32(0.5), "acc": np.float64(0.25), "hist": np.arange(2)})
     writer.write(2, {"loss": 0.4})
   lines = [json.loads(line) for line in path.read_text().splitlines()]
   assert lines == [{"step": 1, "loss": 0.5, "acc": 0.25, "hist": [0, 1]},
                    {"step": 2, "loss": 0.4}]
   other = tmp_path / "other" / "metrics.jsonl"
-  with metrics.MetricWriter(other, process_index=1) as writer:
+  with logs.MetricWriter(other, process_index=1) as writer:
     writer.write(1, {"loss": 0.5})
   assert not other.exists()
 
 
 def test_format_duration():
-  assert metrics.format_duration(12.4) == "12s"
-  assert metrics.format_duration(187) == "3m07s"
-  assert metrics.format_duration(2 * 3600 + 5 * 60 + 9) == "2h05m"
-  assert metrics.format_duration(86_400 + 2 * 3600 + 3 * 60) == "1d02h03m"
+  assert logs.format_duration(12.4) == "12s"
+  assert logs.format_duration(187) == "3m07s"
+  assert logs.format_duration(2 * 3600 + 5 * 60 + 9) == "2h05m"
+  assert logs.format_duration(86_400 + 2 * 3600 + 3 * 60) == "1d02h03m"
 
 
 def test_progress_rate_and_eta_from_first_update():
   now = [100.0]
-  progress = metrics.Progress(100, unit="steps", clock=lambda: now[0])
+  progress = logs.Progress(100, unit="steps", clock=lambda: now[0])
   # Starts the clock (compile time excluded).
   assert progress.update(10) == "10/100 ? steps/s ETA ?"
   now[0] = 104.0

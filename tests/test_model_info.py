@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import common
-from fstfl_jax import flops
+from fstfl_jax.models import flops
 from fstfl_jax.tools import model_info
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import recipe
-from fstfl_jax import optim
+from fstfl_jax.training import optim
 
 STEPS_PER_EPOCH = 7
 

@@ -14,8 +14,8 @@ import simplejpeg
 from configs.common import input_config
 from data_pipelines import device_transforms
 from data_pipelines import pipeline
-from data_pipelines import records
 from data_pipelines import transforms
+from data_pipelines.records import writing
 
 NUM_FRAMES, HEIGHT, WIDTH = 12, 48, 64
 NUM_TRAIN, NUM_VAL = 12, 7
@@ -47,9 +47,9 @@ def make_record(video, num_frames=NUM_FRAMES, bad_frames=()):
 
 
 def write_dataset(path, train, val):
-  records.write_split(path, "train", train, num_shards=2)
-  records.write_split(path, "validation", val, num_shards=1)
-  records.write_metadata(path, CLASS_NAMES, ["train", "validation"], dict(source="test"))
+  writing.write_split(path, "train", train, num_shards=2)
+  writing.write_split(path, "validation", val, num_shards=1)
+  writing.write_metadata(path, CLASS_NAMES, ["train", "validation"], dict(source="test"))
   return str(path)
 
 

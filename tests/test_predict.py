@@ -25,15 +25,16 @@ from configs import demo
 from data_pipelines import build as build_lib
 from data_pipelines import make_demo
 from data_pipelines import pipeline
-from data_pipelines import records
-from fstfl_jax import checkpointing
-from fstfl_jax import evaluate
-from fstfl_jax import inference
-from fstfl_jax import predict
-from fstfl_jax import sharding
-from fstfl_jax import train
-from fstfl_jax import video_io
+from data_pipelines.records import reading
+from fstfl_jax.apps import experiment
+from fstfl_jax.apps import inference
+from fstfl_jax.apps import predict
+from fstfl_jax.apps import video_io
+from fstfl_jax.evaluation import evaluate
+from fstfl_jax.evaluation import protocols
 from fstfl_jax.models import build_model
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import sharding
 import video_fixtures
 
 SIZE, FRAMES, T = 64, 8, 4          # Frame side, frames per file, frames per clip.
@@ -124,7 +125,7 @@ def trained_run() -> dict[str, Any]:
   # rbg keys: parameter init compiles much faster than with threefry, the main cost of this
   # setup; nothing tested here depends on the PRNG.
   with jax.default_prng_impl("unsafe_rbg"):
-    train.train_and_evaluate(config, workdir, with_eval=False)
+    experiment.train_and_evaluate(config, workdir, with_eval=False)
   return dict(root=root, config=config, workdir=workdir, boxes=boxes,
               val_dir=os.path.join(root, "raw", "validation"))
 
@@ -139,10 +140,10 @@ def eval_predictions(run):
   """The eval pipeline's per-video predictions (val_1x1) on the latest checkpoint, by file."""
   config, mesh = run["config"], sharding.make_mesh()
   variables, _ = inference.restore_variables(config, run["workdir"], "latest", mesh)
-  eval_step = evaluate.protocol_step(config, "val_1x1", build_model(config.model))
+  eval_step = protocols.protocol_step(config, "val_1x1", build_model(config.model))
   result = evaluate.run_protocol(config, "val_1x1", eval_step, variables, mesh,
                                  with_predictions=True)
-  split = records.open_split(config.input.data_dir, "validation")
+  split = reading.open_split(config.input.data_dir, "validation")
   by_file = {}
   for row in result["predictions"]:
     video_id = split[row["index"]]["video_id"]  # "<class>/<stem>" in the folder layout.
@@ -157,7 +158,7 @@ def test_views_are_those_of_the_eval_pipeline(run):
   config.input.resize_short = SIZE + 8    # Crops that differ, so their order is checked too.
   settings = video_io.decode_settings(config.input.data_dir)
   batches = pipeline.make_eval_iter(config.input, clips=2, crops=3)
-  split = records.open_split(config.input.data_dir, "validation")
+  split = reading.open_split(config.input.data_dir, "validation")
   checked = 0
   for batch in batches:
     for video, index, mask in zip(batch["video"], batch["index"], batch["mask"]):
@@ -220,7 +221,7 @@ def test_undecodable_file_is_reported_and_others_still_run(run, tmp_path, capsys
 
 
 def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, capsys):
-  from fstfl_jax import gradcam  # pylint: disable=g-import-not-at-top
+  from fstfl_jax.apps import gradcam  # pylint: disable=g-import-not-at-top
   good = os.path.join(run["val_dir"], CLASSES[0], "00.mp4")
   cut = []
   for ext in (".webm", ".avi"):
@@ -237,13 +238,13 @@ def test_truncated_files_are_reported_by_predict_and_gradcam(run, tmp_path, caps
   assert [line.split(": ")[0] for line in captured.out.splitlines()] == [good]
   errors = captured.err.splitlines()
   for path, line in zip(cut, [e for e in errors if "error" in e]):
-    assert line.startswith(f"predict: error: {path}: ") and "decoded " in line
+    assert line.startswith(f"fstfl-predict: error: {path}: ") and "decoded " in line
     assert "of 30 frames" in line
 
   status = gradcam.main(["--workdir", run["workdir"], "--video", cut[0],
                          "--out", str(tmp_path / "cam.png")])
   err = capsys.readouterr().err
-  assert status == 1 and f"gradcam: error: {cut[0]}: " in err and "of 30 frames" in err
+  assert status == 1 and f"fstfl-gradcam: error: {cut[0]}: " in err and "of 30 frames" in err
   assert not (tmp_path / "cam.png").exists()
 
 
@@ -264,7 +265,7 @@ def test_checkpoint_with_nonfinite_weights_is_refused(run, tmp_path, capsys):
   captured = capsys.readouterr()
   assert status == predict.ERROR_STATUS_ALL_FAILED and captured.out == ""
   assert f"checkpoint step {step}: params/fc/kernel holds NaN or Inf" in captured.err
-  from fstfl_jax import gradcam  # pylint: disable=g-import-not-at-top
+  from fstfl_jax.apps import gradcam  # pylint: disable=g-import-not-at-top
   status = gradcam.main(["--workdir", str(workdir), "--video", good,
                          "--out", str(tmp_path / "cam.png")])
   assert status == 1 and "params/fc/kernel holds NaN or Inf" in capsys.readouterr().err

@@ -15,7 +15,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
 from data_pipelines import convert_layout
-from data_pipelines import records
+from data_pipelines.records import reading
+from data_pipelines.records import schema
+from data_pipelines.records import writing
 
 CLASSES = ["catch", "throw", "wave"]
 
@@ -33,19 +35,19 @@ def data_dir(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("records"))
   train = [_record(i, num_frames=2 + i % 4) for i in range(11)]
   val = [_record(100 + i) for i in range(4)]
-  assert records.write_split(out, "train", train, num_shards=3) == [3, 4, 4]
-  assert records.write_split(out, "validation", val, num_shards=1) == [4]
-  sizes = records.write_metadata(out, CLASSES, ["train", "validation"], dict(short_side=256))
+  assert writing.write_split(out, "train", train, num_shards=3) == [3, 4, 4]
+  assert writing.write_split(out, "validation", val, num_shards=1) == [4]
+  sizes = writing.write_metadata(out, CLASSES, ["train", "validation"], dict(short_side=256))
   assert sizes == {"train": 11, "validation": 4}
   return out, train, val
 
 
 def test_round_trip_in_write_order(data_dir):
   out, train, val = data_dir
-  source = records.open_split(out, "train")
+  source = reading.open_split(out, "train")
   assert len(source) == 11
   assert [source[i] for i in range(len(source))] == train
-  assert list(records.open_split(out, "validation")) == val
+  assert list(reading.open_split(out, "validation")) == val
   assert source[-1] == train[-1]
   with pytest.raises(IndexError):
     source[11]
@@ -53,18 +55,18 @@ def test_round_trip_in_write_order(data_dir):
 
 def test_shard_files_and_metadata(data_dir):
   out, _, _ = data_dir
-  names = sorted(n for n in os.listdir(out) if records.parse_shard_name(n))
+  names = sorted(n for n in os.listdir(out) if schema.parse_shard_name(n))
   assert names == ["train.array_record-00000-of-00003", "train.array_record-00001-of-00003",
                    "train.array_record-00002-of-00003", "validation.array_record-00000-of-00001"]
-  index = records.read_index(os.path.join(out, names[1]))
+  index = reading.read_index(os.path.join(out, names[1]))
   assert index["video_id"] == ["vid003", "vid004", "vid005", "vid006"]
   assert index["num_frames"] == [5, 2, 3, 4] and index["label"] == [0, 1, 2, 0]
-  assert not os.path.exists(os.path.join(out, records.PARTIAL_DIR))
-  info = records.read_info(out)
+  assert not os.path.exists(os.path.join(out, schema.PARTIAL_DIR))
+  info = reading.read_info(out)
   assert info.class_names == CLASSES and info.num_classes == 3
   assert info.split_sizes == {"train": 11, "validation": 4}
   assert info.settings["short_side"] == 256 and info.settings["split_sizes"]["train"] == 11
-  assert info.settings["record_layout"] == records.LAYOUT
+  assert info.settings["record_layout"] == schema.LAYOUT
 
 
 def test_tfds_data_source_reads_the_same_frames(data_dir):
@@ -92,7 +94,7 @@ def test_tfds_data_source_reads_the_same_frames(data_dir):
 
 def test_source_pickles_for_worker_processes(data_dir):
   out, train, _ = data_dir
-  source = records.open_split(out, "train")
+  source = reading.open_split(out, "train")
   source[0]  # Opens the files; the pickle must not carry the open readers.
   clone = pickle.loads(pickle.dumps(source))
   assert clone[7] == train[7] and len(clone) == 11
@@ -104,7 +106,7 @@ def test_damaged_shard_names_the_file_and_record_and_others_still_read(data_dir,
   out, train, _ = data_dir
   copy = str(tmp_path / "copy")
   shutil.copytree(out, copy)
-  name = records.shard_name("train", 1, 3)  # Records 3-6 of the split.
+  name = schema.shard_name("train", 1, 3)  # Records 3-6 of the split.
   with open(os.path.join(copy, name), "rb") as f:
     data = bytearray(f.read())
   if damage == "truncated":  # The footer is gone: the file does not open at all.
@@ -113,7 +115,7 @@ def test_damaged_shard_names_the_file_and_record_and_others_still_read(data_dir,
     data[200:216] = bytes(b ^ 0x5A for b in data[200:216])
   with open(os.path.join(copy, name), "wb") as f:
     f.write(bytes(data))
-  source = records.open_split(copy, "train")
+  source = reading.open_split(copy, "train")
   bad = []
   for i in range(3, 7):
     try:
@@ -128,19 +130,19 @@ def test_damaged_shard_names_the_file_and_record_and_others_still_read(data_dir,
 
 def _raw_shard(out: str, videos: list[dict], serialized: list[bytes]) -> None:
   """A one-shard train split holding `serialized` frame records, indexed as `videos`."""
-  path = os.path.join(out, records.shard_name("train", 0, 1))
-  writer = array_record_module.ArrayRecordWriter(path, records.WRITER_OPTIONS)
+  path = os.path.join(out, schema.shard_name("train", 0, 1))
+  writer = array_record_module.ArrayRecordWriter(path, writing.WRITER_OPTIONS)
   for data in serialized:
     writer.write(data)
   writer.close()
-  with open(records.index_path(path), "w") as f:
-    json.dump({c: [v[c] for v in videos] for c in records.INDEX_COLUMNS}, f)
+  with open(schema.index_path(path), "w") as f:
+    json.dump({c: [v[c] for v in videos] for c in schema.INDEX_COLUMNS}, f)
 
 
 def _frame_record(video: dict, t: int, **changes) -> bytes:
   example = {k: v for k, v in video.items() if k != "frames"}
   example.update(jpeg=video["frames"][t], frame=t)
-  return records.features().serialize_example(dict(example, **changes))
+  return schema.features().serialize_example(dict(example, **changes))
 
 
 def test_corrupt_frames_name_shard_record_and_key(tmp_path):
@@ -149,8 +151,8 @@ def test_corrupt_frames_name_shard_record_and_key(tmp_path):
   _raw_shard(out, [good, bad], [_frame_record(good, 0), _frame_record(good, 1),
                                 _frame_record(bad, 0, jpeg=bad["frames"][0][:50]),
                                 _frame_record(bad, 2), b"not a proto \xff"])
-  records.write_metadata(out, CLASSES, ["train"], {})
-  source = records.open_split(out, "train")
+  writing.write_metadata(out, CLASSES, ["train"], {})
+  source = reading.open_split(out, "train")
   assert source[0] == good
   frames = source[1]["frames"]
   with pytest.raises(ValueError, match=r"train\.array_record-00000-of-00001 record 2: key 'jpeg' "
@@ -168,23 +170,23 @@ def test_index_errors_name_the_index_file_and_video(tmp_path):
   out = str(tmp_path)
   video = _record(0, num_frames=1)
   _raw_shard(out, [video, dict(video, label=5)], [_frame_record(video, 0)] * 2)
-  records.write_metadata(out, CLASSES, ["train"], {})
+  writing.write_metadata(out, CLASSES, ["train"], {})
   with pytest.raises(ValueError, match=r"00000-of-00001\.videos\.json video 1: key 'label' is 5, "
                                        r"expected 0\.\.2"):
-    records.open_split(out, "train")
+    reading.open_split(out, "train")
   with pytest.raises(ValueError, match=r"here: key 'num_frames' is 4 but 'frames' holds 3"):
-    records.validate_record(dict(_record(0), num_frames=4), "here")
+    schema.validate_record(dict(_record(0), num_frames=4), "here")
   with pytest.raises(ValueError, match=r"here: key 'video_id' must be a non-empty str"):
-    records.validate_record(dict(_record(0), video_id=""), "here")
+    schema.validate_record(dict(_record(0), video_id=""), "here")
 
 
 def _v1_dir(out: str, splits: dict[str, list[dict]]) -> None:
   """A data dir as the builder wrote it before frame records: one tf.train.Example per video."""
   os.makedirs(out)
   for split, videos in splits.items():
-    for shard, block in enumerate(records.shard_ranges(len(videos), 2)):
+    for shard, block in enumerate(writing.shard_ranges(len(videos), 2)):
       writer = array_record_module.ArrayRecordWriter(
-        os.path.join(out, records.shard_name(split, shard, 2)), "group_size:1")
+        os.path.join(out, schema.shard_name(split, shard, 2)), "group_size:1")
       for i in block:
         example = tf_example_pb2.Example()
         for key, kind in convert_layout.V1_KINDS.items():
@@ -195,7 +197,7 @@ def _v1_dir(out: str, splits: dict[str, list[dict]]) -> None:
       writer.close()
   with open(os.path.join(out, "dataset_info.json"), "w") as f:
     json.dump(dict(name="old"), f)
-  with open(os.path.join(out, records.SETTINGS_FILE), "w") as f:
+  with open(os.path.join(out, schema.SETTINGS_FILE), "w") as f:
     json.dump(dict(class_names=CLASSES, split_sizes={s: len(v) for s, v in splits.items()},
                    short_side=256), f)
   with open(os.path.join(out, "failures.jsonl"), "w") as f:
@@ -207,19 +209,19 @@ def test_old_layout_is_one_clear_error_and_converts_to_the_same_clips(tmp_path):
   val = [_record(50 + i) for i in range(3)]
   old, new = str(tmp_path / "old"), str(tmp_path / "new")
   _v1_dir(old, dict(train=train, validation=val))
-  with pytest.raises(records.LayoutError) as err:
-    records.open_split(old, "train")
+  with pytest.raises(schema.LayoutError) as err:
+    reading.open_split(old, "train")
   message = str(err.value)
   assert "\n" not in message and "record layout 1 (one record per video)" in message
   assert f"python -m data_pipelines.convert_layout --src {old} --out NEW_DIR" in message
   convert_layout.main(["--src", old, "--out", new])
   assert convert_layout.convert(old, new) == {"train": 5, "validation": 3}  # Rerun: no-op.
-  info = records.read_info(new)
+  info = reading.read_info(new)
   assert info.class_names == CLASSES and info.settings["short_side"] == 256
   with open(os.path.join(new, "failures.jsonl")) as f:
     assert f.read() == '{"video_id": "lost"}\n'
   for split, want in (("train", train), ("validation", val)):
-    source = records.open_split(new, split)
+    source = reading.open_split(new, split)
     assert list(source) == want
     for got, video in zip(source, want):  # The decoded clips are the same pixels.
       np.testing.assert_array_equal(
@@ -232,30 +234,30 @@ def test_failed_shard_write_leaves_nothing_that_looks_finished(tmp_path):
   bad = {k: v for k, v in _record(1).items() if k != "label"}
   with pytest.raises(ValueError, match=r"train\.array_record-00000-of-00002 record 1: missing "
                                        r"key 'label'"):
-    with records.ShardWriter(out, "train", 0, 2) as writer:
+    with writing.ShardWriter(out, "train", 0, 2) as writer:
       writer.write(_record(0))
       writer.write(bad)
   assert os.listdir(out) == []
-  assert not records.shard_is_done(out, "train", 0, 2)
+  assert not writing.shard_is_done(out, "train", 0, 2)
 
 
 def test_stale_partial_is_replaced_and_incomplete_split_rejected(tmp_path):
   out = str(tmp_path)
-  os.makedirs(os.path.join(out, records.PARTIAL_DIR))
-  stale = os.path.join(out, records.PARTIAL_DIR, records.shard_name("train", 1, 2))
+  os.makedirs(os.path.join(out, schema.PARTIAL_DIR))
+  stale = os.path.join(out, schema.PARTIAL_DIR, schema.shard_name("train", 1, 2))
   with open(stale, "wb") as f:
     f.write(b"half a shard")
   with pytest.raises(ValueError, match=r"missing \['train\.array_record-00000-of-00002"):
-    with records.ShardWriter(out, "train", 1, 2) as writer:
+    with writing.ShardWriter(out, "train", 1, 2) as writer:
       writer.write(_record(0))
-    records.shard_paths(out, "train")
-  shard = os.path.join(out, records.shard_name("train", 1, 2))
-  assert records.count_records(shard) == 3 and records.read_index(shard)["video_id"] == ["vid000"]
+    reading.shard_paths(out, "train")
+  shard = os.path.join(out, schema.shard_name("train", 1, 2))
+  assert writing.count_records(shard) == 3 and reading.read_index(shard)["video_id"] == ["vid000"]
   assert not os.path.exists(stale)
 
 
 def test_shard_ranges_are_contiguous_and_balanced():
-  ranges = records.shard_ranges(10, 4)
+  ranges = writing.shard_ranges(10, 4)
   assert [list(r) for r in ranges] == [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9]]
   with pytest.raises(ValueError, match="num_shards"):
-    records.shard_ranges(3, 0)
+    writing.shard_ranges(3, 0)

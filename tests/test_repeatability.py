@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from fstfl_jax import evaluate
-from fstfl_jax import train
+from fstfl_jax.apps import experiment
+from fstfl_jax.training import logs
 
 import test_checkpointing  # noqa: E402  (tests/ is on sys.path)
 import test_pipeline  # noqa: E402
@@ -36,9 +36,10 @@ def config(data_dir):
 def run(data_dir, workdir):
   """Trains and evaluates; returns (metrics.jsonl rows without wall-clock fields, eval result)."""
   cfg = config(data_dir)
-  train.train_and_evaluate(cfg, str(workdir), with_eval=True)
-  result = evaluate.evaluate(cfg, str(workdir), protocol="val_1x1", with_predictions=True)
-  with open(os.path.join(workdir, train.METRICS_FILE), encoding="utf-8") as f:
+  experiment.train_and_evaluate(cfg, str(workdir), with_eval=True)
+  result = experiment.evaluate_checkpoint(cfg, str(workdir), protocol="val_1x1",
+                                          with_predictions=True)
+  with open(os.path.join(workdir, logs.METRICS_FILE), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   for row in rows:
     row.pop("train/clips_per_sec", None)

@@ -8,7 +8,7 @@ import sys
 
 import portpicker
 
-from fstfl_jax import scores
+from fstfl_jax.evaluation import scores
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Per process: ids of different lengths, non-ASCII, and an empty padding id.

@@ -1,4 +1,4 @@
-"""The path layer (`fstfl_jax.storage`) and the writers built on it, on local disk and on gs://."""
+"""The path layer (`data_pipelines.storage`) and the writers built on it, on local disk and on gs://."""
 
 import json
 import os
@@ -6,9 +6,9 @@ import os
 import pytest
 from etils import epath
 
-from fstfl_jax import cli
-from fstfl_jax import metrics
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
+from fstfl_jax.training import logs
 
 
 def test_local_paths_are_absolute_urls_unchanged(tmp_path, monkeypatch):
@@ -65,11 +65,11 @@ def test_mirror_uploads_only_changed_files(tmp_path, gcs):
 def test_metric_writer_resume_truncates_later_steps(where, tmp_path, request):
   root = request.getfixturevalue("gcs") + "/metrics" if where == "gcs" else str(tmp_path)
   path = f"{root}/run/metrics.jsonl"
-  with metrics.MetricWriter(path, process_index=0) as w:
+  with logs.MetricWriter(path, process_index=0) as w:
     for step in (1, 2, 3):
       w.write(step, {"loss": float(step)})
   # A resumed run restored step 2: step 3 is about to be redone.
-  with metrics.MetricWriter(path, process_index=0, keep_until_step=2) as w:
+  with logs.MetricWriter(path, process_index=0, keep_until_step=2) as w:
     w.write(3, {"loss": 30.0})
     w.write(4, {"loss": 40.0})
   rows = [json.loads(line) for line in storage.read_text(path).splitlines()]
@@ -79,12 +79,12 @@ def test_metric_writer_resume_truncates_later_steps(where, tmp_path, request):
 def test_metric_writer_refuses_a_foreign_file(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nhello\n')
   with pytest.raises(storage.StorageError, match=r"metrics.jsonl line 2: not a metrics record"):
-    metrics.MetricWriter(tmp_path / "metrics.jsonl", process_index=0)
+    logs.MetricWriter(tmp_path / "metrics.jsonl", process_index=0)
 
 
 def test_tensorboard_events_reach_the_bucket(gcs):
   logdir = f"{gcs}/tb/run"
-  writer = metrics.TensorBoardWriter(logdir)
+  writer = logs.TensorBoardWriter(logdir)
   writer.write(1, {"train/loss": 2.5})
   names = [p.name for p in storage.path(logdir).iterdir()]
   assert len(names) == 1 and names[0].startswith("events.out.tfevents.")
@@ -97,7 +97,8 @@ def test_tensorboard_events_reach_the_bucket(gcs):
 def test_copy_data_dir_to_bucket_and_back_resumes(tmp_path, gcs):
   import test_cli
   from data_pipelines import copy_data
-  from data_pipelines import records
+  from data_pipelines.records import reading
+  from data_pipelines.records import schema
   data = tmp_path / "data"
   test_cli._run("data_pipelines.make_demo", "--out", str(data), "--videos_per_class", "1",
                 "--val_videos_per_class", "1", "--size", "32", "--frames", "4", "--workers", "0")
@@ -106,13 +107,13 @@ def test_copy_data_dir_to_bucket_and_back_resumes(tmp_path, gcs):
   assert files > 0 and size > 0
   assert copy_data.copy_data_dir(str(data), remote) == (0, 0)  # Rerun: everything is there.
   copy_data.copy_data_dir(remote, str(back), splits=["validation"])
-  shards = [p.name for p in back.iterdir() if records.parse_shard_name(p.name)]
-  assert shards and all(records.parse_shard_name(n)[0] == "validation" for n in shards)
-  indices = [p.name for p in back.iterdir() if p.name.endswith(records.INDEX_SUFFIX)]
-  assert sorted(indices) == sorted(n + records.INDEX_SUFFIX for n in shards)  # Only these.
-  for name in shards + ["dataset_info.json", records.SETTINGS_FILE]:
+  shards = [p.name for p in back.iterdir() if schema.parse_shard_name(p.name)]
+  assert shards and all(schema.parse_shard_name(n)[0] == "validation" for n in shards)
+  indices = [p.name for p in back.iterdir() if p.name.endswith(schema.INDEX_SUFFIX)]
+  assert sorted(indices) == sorted(n + schema.INDEX_SUFFIX for n in shards)  # Only these.
+  for name in shards + ["dataset_info.json", schema.SETTINGS_FILE]:
     assert (back / name).read_bytes() == (data / name).read_bytes(), name
-  assert records.read_info(str(back)).class_names == records.read_info(str(data)).class_names
-  assert len(records.open_split(str(back), "validation")) == 12
+  assert reading.read_info(str(back)).class_names == reading.read_info(str(data)).class_names
+  assert len(reading.open_split(str(back), "validation")) == 12
   with pytest.raises(cli.UserError, match=r"no split\(s\) \[.test.\]"):
     copy_data.plan(str(data), ["test"])

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from fstfl_jax import guards
-from fstfl_jax import sharding as sharding_lib
-from fstfl_jax import train
+from fstfl_jax.models import build_model
+from fstfl_jax.training import guards
+from fstfl_jax.training import sharding as sharding_lib
+from fstfl_jax.training import steps
+from fstfl_jax.training import train
 
 import test_checkpointing  # noqa: E402  (tests/ is on sys.path)
 
@@ -31,10 +33,11 @@ def _two_steps(config, num_devices):
   """Init + two train steps on a mesh of `num_devices`; returns host copies and the shardings."""
   mesh = sharding_lib.make_mesh(num_devices)
   with jax.set_mesh(mesh):
-    model, tx, schedule, init_fn, abstract = train.build(config, mesh)
+    model = build_model(config.model)
+    tx, schedule, init_fn, abstract = train.build(config, model, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-    step = train.jit_train_step(train.make_train_step(model, tx, schedule),
+    step = steps.jit_train_step(steps.make_train_step(model, tx, schedule),
                                 mesh, state_sharding)
     outputs, donated = [], []
     for i in range(2):
@@ -88,13 +91,14 @@ def test_step_flags_a_nonfinite_bn_statistic():
   config = tiny_config()
   mesh = sharding_lib.make_mesh(1)
   with jax.set_mesh(mesh):
-    model, tx, schedule, init_fn, abstract = train.build(config, mesh)
+    model = build_model(config.model)
+    tx, schedule, init_fn, abstract = train.build(config, model, mesh)
     state = jax.jit(init_fn)(jax.random.PRNGKey(0))
     paths, treedef = jax.tree_util.tree_flatten_with_path(state.batch_stats)
     leaves = [x for _, x in paths]
     leaves[-1] = leaves[-1].at[0].set(np.inf)  # A running statistic of the last BN.
     state = state.replace(batch_stats=jax.tree.unflatten(treedef, leaves))
-    step = jax.jit(train.make_train_step(model, tx, schedule))
+    step = jax.jit(steps.make_train_step(model, tx, schedule))
     _, metrics = step(state, sharding_lib.to_global(_batch(config), mesh))
   names = guards.quantity_names(abstract.params, abstract.batch_stats)
   assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))

@@ -7,7 +7,7 @@ import simplejpeg
 
 from data_pipelines import beam_build
 from data_pipelines import build
-from data_pipelines import records
+from data_pipelines.records import schema
 import video_fixtures
 
 
@@ -41,7 +41,7 @@ def tree(root: str) -> dict[str, bytes]:
 
 def shard_mtimes(root: str) -> dict[str, int]:
   return {n: os.stat(os.path.join(root, n)).st_mtime_ns for n in os.listdir(root)
-          if records.parse_shard_name(n)}
+          if schema.parse_shard_name(n)}
 
 
 def test_beam_build_equals_local_build_and_reruns_are_idempotent(src, tmp_path):
@@ -55,13 +55,13 @@ def test_beam_build_equals_local_build_and_reruns_are_idempotent(src, tmp_path):
   files = tree(beam)
   assert files == tree(local)  # Shards, video indices, metadata, failures.jsonl, build plan.
   assert {"failures.jsonl", "build_settings.json", "dataset_info.json",
-          records.shard_name("train", 1, 2) + records.INDEX_SUFFIX} <= set(files)
+          schema.shard_name("train", 1, 2) + schema.INDEX_SUFFIX} <= set(files)
   # A rerun writes no shard and leaves every byte as it was.
   before = shard_mtimes(beam)
   again = beam_build.build_beam("folder", src, beam, num_shards=2)
   assert again.shards_written == 0 and tree(beam) == files and shard_mtimes(beam) == before
   # A lost shard is rewritten identically; the others are kept.
-  lost = records.shard_name("train", 0, 2)
+  lost = schema.shard_name("train", 0, 2)
   os.remove(os.path.join(beam, lost))
   assert beam_build.main(["--dataset", "folder", "--src", src, "--out", beam, "--num_shards",
                           "2", "--", "--runner", "DirectRunner"]) is None

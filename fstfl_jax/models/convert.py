@@ -40,7 +40,7 @@ from flax import core
 from flax import serialization
 from flax import traverse_util
 
-from fstfl_jax import storage
+from data_pipelines import storage
 
 _EXPANSION = 4
 _MAX_LISTED = 12  # Problems listed in one error message; the rest are counted.

@@ -48,7 +48,7 @@ def conv(features: int, kernel: int | tuple[int, ...], stride: int = 1, *, group
 
 
 # Name-scope prefix of a conv whose kernel is block-diagonal with n blocks (zero weights across
-# groups, a grouped conv run densely): MAC counting (`fstfl_jax.flops`) counts 1/n of it, the
+# groups, a grouped conv run densely): MAC counting (`fstfl_jax.models.flops`) counts 1/n of it, the
 # MACs of the grouped conv it computes.
 BLOCK_DIAGONAL_SCOPE = "block_diagonal_"
 

@@ -107,8 +107,8 @@ class STC(nn.Module):
     mlps maps an offset index to its MLP; indices sharing one module are run together.
     """
     scfg = self.settings
-    # Named so that MAC counting (fstfl_jax.flops) can replace these traced ops, which depend on
-    # the implementation, with the exact count of the definition.
+    # Named so that MAC counting (fstfl_jax.models.flops) can replace these traced ops, which
+    # depend on the implementation, with the exact count of the definition.
     with jax.named_scope(CORRELATION_SCOPE):
       s = correlation.correlate(
         v, max_disp=d, offsets=tuple(scfg.offsets), boundary=scfg.temporal_boundary,

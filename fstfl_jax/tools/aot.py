@@ -1,13 +1,13 @@
 r"""Compiles the real train and eval steps for a Cloud TPU slice, on any machine, and estimates.
 
-  python -m fstfl_jax.tools.aot --config configs/sthv1.py:model=fstfl,frames=8 \
+  fstfl-aot --config configs/sthv1.py:model=fstfl,frames=8 \
       --topology v5e:16x16 [--per_chip_batch 2] [--max_batch] [--json out.json] \
       [--config.model.dtype=bfloat16] [--eval_protocols all] [--stored_frame 256x340] \
       [--notrain]
 
 No TPU is needed: with `jax[tpu]` installed (it brings libtpu) the TPU compiler runs on the host
 against a described topology (`jax.experimental.topologies`), with the same jitted functions,
-shardings and donation as `fstfl_jax.train` and `fstfl_jax.evaluate`. Per chip it reports the
+shardings and donation as a training run (`fstfl_jax.training.steps`). Per chip it reports the
 compiler's HBM use (train state, temporaries, total against the chip's capacity), FLOPs and
 bytes accessed, and from those a roofline step time, clips/s and MFU (`tools/roofline.py`).
 These are compiler estimates, not measurements. The compiler counts a loop's body once: an eval
@@ -19,9 +19,7 @@ choice, as it would on the slice.
 import dataclasses
 import functools
 import os
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 # libtpu looks for TPU hardware and metadata at start-up; describing a local single-host
@@ -33,22 +31,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX processes on the host, which also load the plugin, may hold it).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from absl import app  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
+from data_pipelines import cli  # noqa: E402
 from data_pipelines import device_transforms  # noqa: E402
+from data_pipelines import storage  # noqa: E402
 from data_pipelines import transforms  # noqa: E402
-from fstfl_jax import cli  # noqa: E402
-from fstfl_jax import evaluate  # noqa: E402
-from fstfl_jax import sharding as sharding_lib  # noqa: E402
-from fstfl_jax import storage  # noqa: E402
-from fstfl_jax import train  # noqa: E402
+from fstfl_jax.evaluation import protocols  # noqa: E402
+from fstfl_jax.models import build_model  # noqa: E402
 from fstfl_jax.models import correlation  # noqa: E402
 from fstfl_jax.tools import roofline  # noqa: E402
+from fstfl_jax.training import sharding as sharding_lib  # noqa: E402
+from fstfl_jax.training import steps as steps_lib  # noqa: E402
+from fstfl_jax.training import train  # noqa: E402
+
+PROG = "fstfl-aot"
 
 # Stored frame size (height, width) the train step is compiled for by default: a 4:3 video at
 # the build's default short side of 256.
@@ -70,6 +73,10 @@ def for_tpu(config: ml_collections.ConfigDict, global_batch: int) -> ml_collecti
   """A copy of `config` as a TPU run would resolve it: `global_batch` clips, auto kernel -> TPU."""
   config = config.copy_and_resolve_references()
   config.input.batch_size = global_batch  # Also what the lr schedule scales with.
+  # Only the lr schedule depends on the epoch size, not the compiled program: one step per epoch
+  # when the config leaves it to the data dir (no data dir is read here).
+  if config.train.num_train_examples <= 0:
+    config.train.num_train_examples = global_batch
   config.model.stc.impl = correlation.resolve_impl(config.model.stc.impl, "tpu")
   return config
 
@@ -116,7 +123,8 @@ def aot_compile(jitted: Any, mesh: jax.sharding.Mesh, *args: Any,
 
 def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   # Outside any TPU mesh context: build() makes a PRNG key eagerly, on the host.
-  model, tx, schedule, _, abstract = train.build(config, mesh)
+  model = build_model(config.model)
+  tx, schedule, _, abstract = train.build(config, model, mesh)
   sizes = dict(params=tree_bytes(abstract.params), batch_stats=tree_bytes(abstract.batch_stats),
                opt_state=tree_bytes(abstract.opt_state))
   return model, tx, schedule, abstract, sizes
@@ -137,7 +145,7 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                        per_chip_batch: int,
                        stored_frame: tuple[int, int] = DEFAULT_STORED_FRAME) -> Compiled:
-  """`train.make_train_step` jitted by `train.jit_train_step`, for `per_chip_batch` clips/chip.
+  """`steps.make_train_step` jitted by `steps.jit_train_step`, for `per_chip_batch` clips/chip.
 
   Batch as the input pipeline ships it (`data_pipelines.pipeline`), sharded on B =
   per_chip_batch * chips: video uint8 [B, T, R, Wmax, 3] (whole stored frames of size
@@ -147,8 +155,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   config = for_tpu(config, per_chip_batch * mesh.size)
   model, tx, schedule, abstract, sizes = _abstract_state(config, mesh)
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-  step = train.jit_train_step(train.make_train_step(model, tx, schedule),
-                              mesh, state_sharding)
+  step = steps_lib.jit_train_step(steps_lib.make_train_step(model, tx, schedule),
+                                  mesh, state_sharding)
   b, t, s = config.input.batch_size, config.model.num_frames, config.input.crop_size
   rows, wmax = transforms.frame_slot([stored_frame])
   data = sharding_lib.data_sharding(mesh)
@@ -164,17 +172,17 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, protocol: str,
                       per_chip_batch: int) -> Compiled:
-  """`evaluate.protocol_step` for protocol `config.evals[protocol]` (all V views per video).
+  """`protocols.protocol_step` for protocol `config.evals[protocol]` (all V views per video).
 
   Batch: video uint8 [B, V, T, S, S, 3], label int32 [B], mask bool [B], B = per_chip_batch *
   chips videos; `clips_per_chip` counts views (B * V / chips).
   """
-  clips, crops = evaluate.protocol_views(config, protocol)
+  clips, crops = protocols.protocol_views(config, protocol)
   config = for_tpu(config, config.input.batch_size)
   model, _, _, abstract, sizes = _abstract_state(config, mesh)
   sizes.pop("opt_state")
   variables = dict(params=abstract.params, batch_stats=abstract.batch_stats)
-  step = evaluate.protocol_step(config, protocol, model)
+  step = protocols.protocol_step(config, protocol, model)
   b, v = per_chip_batch * mesh.size, clips * crops
   t, s = config.model.num_frames, config.input.crop_size
   data = sharding_lib.data_sharding(mesh)
@@ -236,41 +244,6 @@ def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[s
   )
 
 
-def max_batch(hbm: Callable[[int], float | None], capacity: float,
-              known: dict[int, float], limit: int = 4096) -> int:
-  """Largest n in [1, limit] whose train step fits in `capacity` bytes of HBM per chip.
-
-  Args:
-    hbm: n -> the compiled step's HBM bytes per chip, or None when the compiler runs out.
-    capacity: the chip's HBM bytes.
-    known: points already measured, n -> bytes; at least {0: bytes that do not grow with n}.
-    limit: largest n tried.
-  Memory grows about linearly with the batch, so each guess is where the line through the two
-  largest fitting points meets `capacity` (one compile when that holds, and one more to see the
-  next n fail); after a guess that did not fit, the next one bisects, so a curved memory profile
-  costs O(log n) compiles. A compile of a full model takes minutes: few calls matter.
-  """
-  points = {n: b for n, b in known.items() if b <= capacity}
-  if 0 not in points:
-    return 0
-  good = max(points)
-  bad = min([n for n in known if n not in points] + [limit + 1])
-  bisect = good == 0
-  while bad - good > 1:
-    n = (good + bad) // 2
-    if not bisect:
-      lo, hi = sorted(points)[-2:]
-      slope = max((points[hi] - points[lo]) / (hi - lo), 1.0)
-      n = min(max(good + int((capacity - points[good]) // slope), good + 1), bad - 1)
-    used = hbm(n)
-    bisect = used is None or used > capacity
-    if bisect:
-      bad = n
-    else:
-      good, points[n] = n, used
-  return good
-
-
 def _gib(n: float | None) -> str:
   return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
@@ -329,7 +302,7 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
                 eval={name: analyse(compile_eval_step(config, mesh, name, eval_per_chip_batch),
                                     chip, chips) for name in eval_protocols})
   if find_max_batch and compile_train:
-    report["max_per_chip_batch"] = max_batch(
+    report["max_per_chip_batch"] = roofline.max_batch(
       lambda n: analyse(compile_train_step(config, mesh, n, stored_frame), chip,
                         chips).get("hbm_bytes_per_chip"),
       chip.hbm_bytes, {0: report["train"]["state_bytes"]["total"],
@@ -337,53 +310,58 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
   return report
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
-  protocols = flags.FLAGS.eval_protocols
-  if protocols == "all":
-    names = tuple(sorted(config.evals))
-  elif protocols == "train":
-    names = (evaluate.training_protocol(config),)
-  else:
-    names = tuple(p for p in protocols.split(",") if p)
-  for name in names:
-    evaluate.protocol_views(config, name)  # One clear error for a bad name, before compiling.
-  stored_frame = parse_frame_size(flags.FLAGS.stored_frame)
-  if flags.FLAGS.max_batch and not flags.FLAGS.train:
-    raise cli.UserError("--max_batch searches the train step's batch: drop --notrain")
-  report = run(config, flags.FLAGS.topology, per_chip_batch=flags.FLAGS.per_chip_batch,
-               eval_protocols=names, eval_per_chip_batch=flags.FLAGS.eval_per_chip_batch,
-               find_max_batch=flags.FLAGS.max_batch, stored_frame=stored_frame,
-               compile_train=flags.FLAGS.train, config_name=flags.FLAGS["config"].config_filename)
-  print(format_report(report), flush=True)
-  if flags.FLAGS.json:
-    storage.write_json(flags.FLAGS.json, report, indent=1)
-  steps = [report["train"], *report["eval"].values()]
-  if not all(step["fits"] for step in steps if step):
-    sys.exit(1)
-
-
-def console_main() -> None:
-  """Console script `fstfl-aot` (flags defined here: tests import this module)."""
-  cli.define_config_flag()
-  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.")
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `fstfl-aot` besides `--config` (see the module docstring)."""
+  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.",
+                      flag_values=fv)
   flags.DEFINE_integer("per_chip_batch", None,
-                       "Train clips per chip (default: input.batch_size / chips, at least 1).")
-  flags.DEFINE_integer("eval_per_chip_batch", None,
-                       "Eval videos per chip (default: input.eval_batch_size / chips, at least 1).")
+                       "Train clips per chip (default: input.batch_size / chips, at least 1).",
+                       flag_values=fv)
+  flags.DEFINE_integer("eval_per_chip_batch", None, "Eval videos per chip (default: "
+                       "input.eval_batch_size / chips, at least 1).", flag_values=fv)
   flags.DEFINE_string("eval_protocols", "train",
                       "Eval steps to compile: 'train' (the in-training protocol), 'all', "
-                      "'' (none) or names of config.evals separated by commas.")
-  flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.")
-  flags.DEFINE_bool("train", True, "Compile the train step (--notrain: only the eval steps).")
+                      "'' (none) or names of config.evals separated by commas.", flag_values=fv)
+  flags.DEFINE_bool("max_batch", False, "Also search the largest per-chip train batch that fits.",
+                    flag_values=fv)
+  flags.DEFINE_bool("train", True, "Compile the train step (--notrain: only the eval steps).",
+                    flag_values=fv)
   flags.DEFINE_string("stored_frame", "x".join(map(str, DEFAULT_STORED_FRAME)),
                       "HEIGHTxWIDTH of the stored frames the host ships to the train step "
-                      "(the data dir's frame size; build's default short side is 256).")
-  flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
-  cli.run(main)
+                      "(the data dir's frame size; build's default short side is 256).",
+                      flag_values=fv)
+  flags.DEFINE_string("json", None, "Also write the report as JSON to this path.", flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__, config=True)
+  config = args.config
+  if args.eval_protocols == "all":
+    names = tuple(sorted(config.evals))
+  elif args.eval_protocols == "train":
+    names = (protocols.training_protocol(config),)
+  else:
+    names = tuple(p for p in args.eval_protocols.split(",") if p)
+  for name in names:
+    protocols.protocol_views(config, name)  # One clear error for a bad name, before compiling.
+  stored_frame = parse_frame_size(args.stored_frame)
+  if args.max_batch and not args.train:
+    raise cli.UserError("--max_batch searches the train step's batch: drop --notrain")
+  report = run(config, args.topology, per_chip_batch=args.per_chip_batch,
+               eval_protocols=names, eval_per_chip_batch=args.eval_per_chip_batch,
+               find_max_batch=args.max_batch, stored_frame=stored_frame,
+               compile_train=args.train, config_name=args["config"].config_filename)
+  print(format_report(report), flush=True)
+  if args.json:
+    storage.write_json(args.json, report, indent=1)
+  steps = [report["train"], *report["eval"].values()]
+  return 0 if all(step["fits"] for step in steps if step) else 1
+
+
+def run_cli() -> None:
+  """Console script `fstfl-aot`."""
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":
-  console_main()
+  run_cli()

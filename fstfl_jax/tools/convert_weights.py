@@ -1,7 +1,8 @@
 """Converts torchvision ImageNet ResNet-50 weights to a flax msgpack file of the backbone.
 
-  python -m fstfl_jax.tools.convert_weights --input resnet50-19c8e357.pth \
+  fstfl-convert-weights --input resnet50-19c8e357.pth \
       --output weights/resnet50_imagenet.msgpack --check_model_config fstfl
+  (the same as `python -m fstfl_jax.tools.convert_weights ...`)
 
 Input: `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` with torchvision's keys. Output:
 `flax.serialization.msgpack_serialize({'params': ..., 'batch_stats': ...})`, read back with
@@ -9,20 +10,22 @@ Input: `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` with torchvision's k
 is the table in `fstfl_jax/models/convert.py`.
 """
 
-import logging
 import re
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import flags
+from absl import logging
 from flax import traverse_util
 
-from fstfl_jax import cli
+from data_pipelines import cli
 from fstfl_jax.models import convert
+
+PROG = "fstfl-convert-weights"
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  """The flags of `python -m fstfl_jax.tools.convert_weights`."""
+  """The flags of `fstfl-convert-weights` (see the module docstring)."""
   flags.DEFINE_string("input", None, "torchvision-keyed weights (.pth, .pt, .safetensors, .npz).",
                       flag_values=fv, required=True)
   flags.DEFINE_string("output", None, "flax msgpack file to write.", flag_values=fv,
@@ -62,14 +65,15 @@ def _check_model(name: str, stage_sizes: tuple[int, ...], width: int,
                len(report.copied), len(report.kept_fresh), sorted(fresh))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("jax").setLevel(logging.WARNING)  # Backend probing noise.
-  args = cli.parse_tool_flags(argv, define_flags, prog="convert_weights", doc=__doc__)
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   stage_sizes = tuple(int(n) for n in args.stage_sizes)
   start = time.perf_counter()
-  converted = convert.convert_file(args.input, stage_sizes=stage_sizes, width=args.width,
-                                   allow_extra_keys=args.allow_extra_keys)
+  try:
+    converted = convert.convert_file(args.input, stage_sizes=stage_sizes, width=args.width,
+                                     allow_extra_keys=args.allow_extra_keys)
+  except (convert.ConversionError, ImportError, FileNotFoundError) as e:
+    raise cli.UserError(str(e)) from None
   if args.check_model_config:
     _check_model(args.check_model_config, stage_sizes, args.width, converted)
   convert.save_converted(converted, args.output)
@@ -77,14 +81,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                len(traverse_util.flatten_dict(converted["params"])),
                len(traverse_util.flatten_dict(converted["batch_stats"])),
                time.perf_counter() - start)
+  return 0
 
 
 def run() -> None:
   """Console script `fstfl-convert-weights`."""
-  try:
-    main()
-  except (convert.ConversionError, ImportError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

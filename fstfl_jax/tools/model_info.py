@@ -1,9 +1,11 @@
 r"""Parameter and MAC table of a model config, per top-level module, for one clip.
 
-  python -m fstfl_jax.tools.model_info --config configs/sthv1.py:model=fstfl,frames=8
-  python -m fstfl_jax.tools.model_info --config configs/sthv1.py:model=gsf,frames=16 --json
+  fstfl-model-info --config configs/sthv1.py:model=fstfl,frames=8
+  fstfl-model-info --config configs/sthv1.py:model=gsf,frames=16 --json
+  (the same as `python -m fstfl_jax.tools.model_info ...`)
 
-MACs follow the paper's GFLOPs convention (multiply-adds of convs and matmuls, `fstfl_jax.flops`);
+MACs follow the paper's GFLOPs convention (multiply-adds of convs and matmuls,
+`fstfl_jax.models.flops`);
 the STC correlation is counted exactly (valid frame pairs x H x W x (2D+1)^2 x C), not as the
 all-pairs matmuls that compute it. Nothing is allocated: shapes come from `jax.eval_shape` and
 the count from the forward's jaxpr (eval mode, input [1, T, size, size, 3]).
@@ -12,17 +14,18 @@ the count from the forward's jaxpr (eval mode, input [1, T, size, size, 3]).
 import collections
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
+from absl import flags
 
-from fstfl_jax import cli
-from fstfl_jax import flops
+from data_pipelines import cli
 from fstfl_jax.models import build_model
+from fstfl_jax.models import flops
 
+PROG = "fstfl-model-info"
 _STEM = ("conv1", "bn1")
 
 
@@ -117,26 +120,30 @@ def format_table(info: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `fstfl-model-info` besides `--config`."""
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.", flag_values=fv)
+  flags.DEFINE_integer("size", None, "Input height and width (default: input.crop_size or 224).",
+                       flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__, config=True)
+  config = args.config
   if "model" not in config:
-    raise ValueError(f"The config from {flags.FLAGS['config'].config_filename!r} has no `model` "
-                     "section; expected a dataset config such as configs/sthv1.py.")
-  size = flags.FLAGS.size
+    raise cli.UserError(f"the config from {args['config'].config_filename!r} has no `model` "
+                        "section; expected a dataset config such as configs/sthv1.py.")
+  size = args.size
   if size is None:
     size = config.input.crop_size if "input" in config else 224
   info = model_info(config.model, size)
-  print(json.dumps(info, indent=2) if flags.FLAGS.json else format_table(info))
+  print(json.dumps(info, indent=2) if args.json else format_table(info))
+  return 0
 
 
 def run() -> None:
-  """Console script `fstfl-model-info` (flags defined here: other modules import this one)."""
-  cli.define_config_flag()
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-  flags.DEFINE_integer("size", None, "Input height and width (default: input.crop_size or 224).")
-  cli.run(main)
+  """Console script `fstfl-model-info`."""
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

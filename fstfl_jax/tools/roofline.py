@@ -1,12 +1,14 @@
-"""Per-chip TPU specs and the roofline arithmetic behind `fstfl_jax.tools.aot`'s estimates.
+"""Per-chip TPU specs and the arithmetic behind `fstfl_jax.tools.aot`'s estimates.
 
 Peak bf16 FLOP/s, HBM bandwidth and HBM capacity per chip, as published in Google's Cloud TPU
 system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e). A step estimate is
 the roofline max(FLOPs / peak, bytes / bandwidth): it assumes perfect overlap of compute and
 memory traffic and ignores collectives and launch gaps, so real steps are slower.
+`max_batch` finds the largest batch that fits in few compiles.
 """
 
 import dataclasses
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,3 +58,38 @@ def throughput(clips_per_chip: int, num_chips: int, step_seconds: float) -> dict
   """Clips per second per chip and for the whole slice at one step per `step_seconds`."""
   per_chip = clips_per_chip / step_seconds
   return dict(clips_per_sec_per_chip=per_chip, clips_per_sec_per_slice=per_chip * num_chips)
+
+
+def max_batch(hbm: Callable[[int], float | None], capacity: float,
+              known: dict[int, float], limit: int = 4096) -> int:
+  """Largest n in [1, limit] whose train step fits in `capacity` bytes of HBM per chip.
+
+  Args:
+    hbm: n -> the compiled step's HBM bytes per chip, or None when the compiler runs out.
+    capacity: the chip's HBM bytes.
+    known: points already measured, n -> bytes; at least {0: bytes that do not grow with n}.
+    limit: largest n tried.
+  Memory grows about linearly with the batch, so each guess is where the line through the two
+  largest fitting points meets `capacity` (one compile when that holds, and one more to see the
+  next n fail); after a guess that did not fit, the next one bisects, so a curved memory profile
+  costs O(log n) compiles. A compile of a full model takes minutes: few calls matter.
+  """
+  points = {n: b for n, b in known.items() if b <= capacity}
+  if 0 not in points:
+    return 0
+  good = max(points)
+  bad = min([n for n in known if n not in points] + [limit + 1])
+  bisect = good == 0
+  while bad - good > 1:
+    n = (good + bad) // 2
+    if not bisect:
+      lo, hi = sorted(points)[-2:]
+      slope = max((points[hi] - points[lo]) / (hi - lo), 1.0)
+      n = min(max(good + int((capacity - points[good]) // slope), good + 1), bad - 1)
+    used = hbm(n)
+    bisect = used is None or used > capacity
+    if bisect:
+      bad = n
+    else:
+      good, points[n] = n, used
+  return good

@@ -18,9 +18,9 @@ import numpy as np
 
 from data_pipelines import ingest
 from data_pipelines import pipeline
-from data_pipelines import records
+from data_pipelines import storage
 from data_pipelines import video_decode
-from fstfl_jax import storage
+from data_pipelines.records import schema
 
 # What `data_pipelines.build` uses when a data dir carries no build settings.
 DEFAULT_SHORT_SIDE, DEFAULT_QUALITY = 256, 90
@@ -40,7 +40,7 @@ class DecodeSettings:
 
 def decode_settings(data_dir: str) -> DecodeSettings:
   """The data dir's build settings, or the builder's defaults when it has none."""
-  path = storage.path(data_dir) / records.SETTINGS_FILE
+  path = storage.path(data_dir) / schema.SETTINGS_FILE
   if not path.exists():
     return DecodeSettings()
   settings = storage.read_json(path)

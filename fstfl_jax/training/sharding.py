@@ -36,12 +36,11 @@ def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
-  """Clips each process loads per step; checks the batch splits evenly over devices."""
+def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
+  """Raises unless the global batch splits evenly over the devices (and so the processes)."""
   if global_batch % mesh.size:
     raise ValueError(
       f"input.batch_size={global_batch} must be divisible by the {mesh.size} devices of the mesh.")
-  return global_batch // jax.process_count()
 
 
 def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:

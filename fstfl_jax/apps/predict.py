@@ -1,14 +1,15 @@
 r"""Classify video files with a trained checkpoint: top-k class names and probabilities.
 
-  python -m fstfl_jax.predict --workdir workdirs/demo \
+  fstfl-predict --workdir workdirs/demo \
       --video demo_data/raw/validation/01_move_right [--video more files or folders] \
       [--topk 5] [--json] [--checkpoint latest|best] [--batch_size N] [--clips K --crops C]
 
 The config comes from `<workdir>/config.json` (written by `fstfl_jax.main`), or from
-`--config configs/<dataset>.py[:variants]` (`fstfl_jax.inference`). Every file is decoded and
-transformed exactly as the eval pipeline does it (`fstfl_jax.video_io`), with the views of the
+`--config configs/<dataset>.py[:variants]` (`fstfl_jax.apps.inference`). Every file is decoded
+and transformed exactly as the eval pipeline does it (`fstfl_jax.apps.video_io`), with the views
+of the
 protocol the training validated with (`config.train_eval`) unless --clips/--crops are given,
-and scored by the eval step itself (`evaluate.make_eval_step`): the softmax of the
+and scored by the eval step itself (`training.steps.make_eval_step`): the softmax of the
 view-averaged logits. A folder stands for the video files below it. Class names come from the
 dataset metadata in `config.input.data_dir` (class indices if it is absent).
 
@@ -16,7 +17,8 @@ Output on stdout, one line per video: `PATH: name1 0.912, name2 0.041, ...`, or 
 object per line: {"video", "step", "topk": [{"index", "class", "prob"}, ...]}. A file that
 cannot be decoded gets one line on stderr and the others still run. Exit status: 0 if at least
 one video was classified, 1 if none was (every file failed), 2 on bad arguments. Flags use absl
-syntax, as every command of the project (`--help` lists them).
+syntax, as every command of the project (`--help` lists them). Same as
+`python -m fstfl_jax.apps.predict`.
 """
 
 import concurrent.futures
@@ -32,23 +34,25 @@ import ml_collections
 from absl import flags
 import numpy as np
 
-from fstfl_jax import cli
-from fstfl_jax import evaluate
-from fstfl_jax import guards
-from fstfl_jax import inference
-from fstfl_jax import metrics as metrics_lib
-from fstfl_jax import sharding
-from fstfl_jax import video_io
+from data_pipelines import cli
+from fstfl_jax.apps import inference
+from fstfl_jax.apps import video_io
+from fstfl_jax.evaluation import protocols
 from fstfl_jax.models import build_model
+from fstfl_jax.training import guards
+from fstfl_jax.training import logs
+from fstfl_jax.training import sharding
+from fstfl_jax.training import steps
 
+PROG = "fstfl-predict"
 ERROR_STATUS_ALL_FAILED = 1
 PROGRESS_EVERY_S = 10.0  # Seconds between progress lines on stderr.
 
 
 def default_views(config: ml_collections.ConfigDict) -> tuple[int, int, int | None]:
   """(clips, crops, views_per_step) of the protocol validated during training."""
-  name = evaluate.training_protocol(config)
-  clips, crops = evaluate.protocol_views(config, name)
+  name = protocols.training_protocol(config)
+  clips, crops = protocols.protocol_views(config, name)
   return clips, crops, config.evals[name].get("views_per_step")
 
 
@@ -71,8 +75,8 @@ class Predictor:
     self.clips, self.crops = clips, crops
     self.batch_size = -(-max(1, batch_size) // mesh.size) * mesh.size
     self.settings = video_io.decode_settings(config.input.data_dir)
-    self.step_fn = evaluate.make_eval_step(build_model(config.model), config.model.num_classes,
-                                           views_per_step)
+    self.step_fn = steps.make_eval_step(build_model(config.model), config.model.num_classes,
+                                        views_per_step)
 
   def load(self, path: str) -> np.ndarray:
     """uint8 [V, T, S, S, 3]; raises `video_io.VideoError`."""
@@ -96,7 +100,7 @@ class Predictor:
 
     Files of a batch are decoded in threads (PyAV, simplejpeg and cv2 release the GIL).
     """
-    progress = metrics_lib.Progress(len(paths), unit="videos")
+    progress = logs.Progress(len(paths), unit="videos")
     shown, reported = time.monotonic(), False
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
       for start in range(0, len(paths), self.batch_size):
@@ -110,7 +114,7 @@ class Predictor:
         status = progress.update(done)
         # Only long runs report, every PROGRESS_EVERY_S seconds and once at the end.
         if time.monotonic() - shown > PROGRESS_EVERY_S or (done == len(paths) and reported):
-          print(f"predict: {status}", file=sys.stderr)
+          print(f"{PROG}: {status}", file=sys.stderr)
           shown, reported = time.monotonic(), True
 
   def _try_load(self, path: str) -> tuple[np.ndarray | None, str | None]:
@@ -132,7 +136,7 @@ def format_line(path: str, top: Sequence[Mapping[str, Any]]) -> str:
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  """The flags of `python -m fstfl_jax.predict` (see the module docstring)."""
+  """The flags of `fstfl-predict` (see the module docstring)."""
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
                       required=True)
   flags.DEFINE_multi_string("video", None, "A video file, frame folder or folder of videos; "
@@ -152,7 +156,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli.parse_tool_flags(argv, define_flags, prog="predict", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   config = inference.load_config(args.workdir, args.config)
   clips, crops, views_per_step = default_views(config)
   if args.clips or args.crops:
@@ -161,16 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)
   except guards.NonFiniteError as e:
-    print(f"predict: error: {e}", file=sys.stderr)
+    cli.print_error(PROG, str(e))
     return ERROR_STATUS_ALL_FAILED
-  names = inference.class_names(config, "predict")
+  names = inference.class_names(config, PROG)
   predictor = Predictor(config, variables, mesh, clips=clips, crops=crops,
                         batch_size=args.batch_size or mesh.size, views_per_step=views_per_step)
   paths = video_io.expand_paths(args.video)
   classified = 0
   for path, logits, error in predictor.run(paths):
     if logits is None:
-      print(f"predict: error: {error}", file=sys.stderr)
+      cli.print_error(PROG, error)
       continue
     classified += 1
     top = top_k(logits, names, min(args.topk, len(names)))
@@ -180,13 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(format_line(path, top))
     sys.stdout.flush()
   if not paths:
-    print(f"predict: error: no video files in {args.video}", file=sys.stderr)
+    cli.print_error(PROG, f"no video files in {args.video}")
   return 0 if classified else ERROR_STATUS_ALL_FAILED
 
 
 def run() -> None:
   """Console script `fstfl-predict`."""
-  cli.run_main(main)
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

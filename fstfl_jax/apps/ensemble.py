@@ -1,14 +1,16 @@
 r"""Ensemble of trained models from their saved per-video scores (e.g. the paper's 8f + 16f row).
 
-  python -m fstfl_jax.main --config configs/sthv1.py:frames=8 --workdir runs/f8 --mode eval \
+  fstfl-train --config configs/sthv1.py:frames=8 --workdir runs/f8 --mode eval \
       --eval_protocol val_1x1 --eval_predictions          # likewise for runs/f16
-  python -m fstfl_jax.ensemble --workdirs runs/f8,runs/f16 --protocol val_1x1 \
+  fstfl-ensemble --workdirs runs/f8,runs/f16 --protocol val_1x1 \
       [--weights 1,1] [--average softmax|logits] [--json runs/ensemble_val_1x1.json]
+  (the same as `python -m fstfl_jax.apps.ensemble ...`)
 
-Each member's `eval_<protocol>_step<N>_predictions.jsonl` (highest N, `fstfl_jax.scores`) must
-cover the same videos with the same labels and class count. The ensemble score of a video is
-the weighted mean of the members' softmax probabilities (default) or raw logits; top-1, top-5,
-mean class accuracy, loss and the confusion matrix follow `fstfl_jax.evaluate`'s summary. The
+Each member's `eval_<protocol>_step<N>_predictions.jsonl` (highest N,
+`fstfl_jax.evaluation.scores`) must cover the same videos with the same labels and class count.
+The ensemble score of a video is the weighted mean of the members' softmax probabilities
+(default) or raw logits; top-1, top-5, mean class accuracy, loss and the confusion matrix follow
+the eval summary (`fstfl_jax.evaluation.evaluate`). The
 members' params and GMACs per clip (from each workdir's config.json, counted as
 `fstfl_jax.tools.model_info` does) are summed, which is how the paper reports ensemble rows.
 """
@@ -17,32 +19,25 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app
-from absl import flags
-from etils import epath
 import ml_collections
 import numpy as np
+from absl import flags
+from etils import epath
 
-from fstfl_jax import cli
-from fstfl_jax import metrics as metrics_lib
-from fstfl_jax import scores
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
+from fstfl_jax.apps import inference
+from fstfl_jax.evaluation import scores
 from fstfl_jax.tools import model_info
+from fstfl_jax.training import metrics as metrics_lib
 
+PROG = "fstfl-ensemble"
 AVERAGES = ("softmax", "logits")
-
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of the members.")
-_PROTOCOL = flags.DEFINE_string("protocol", "val_1x1", "Eval protocol whose scores are combined.")
-_WEIGHTS = flags.DEFINE_list("weights", None, "One weight per workdir (default: equal).")
-_AVERAGE = flags.DEFINE_enum("average", "softmax", AVERAGES,
-                             "Average softmax probabilities or raw logits.")
-_JSON = flags.DEFINE_string("json", None, "Write the result here (local path or gs://).")
-_COST = flags.DEFINE_bool("cost", True, "Count the members' params and GMACs (needs config.json).")
-
 
 
 class EnsembleError(cli.UserError, ValueError):
   """Members that cannot be averaged, or bad weights; the message names the files."""
+
 
 def check_members(members: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
   """Raises a one-line ValueError unless all members score the same videos, labels and classes.
@@ -75,11 +70,6 @@ def check_members(members: Sequence[dict[str, Any]], names: Sequence[str]) -> No
                           f"{first['label'][bad]}): different label spaces or class orders.")
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
-
-
 def combine(logits: Sequence[np.ndarray], weights: Sequence[float] | None = None,
             average: str = "softmax") -> np.ndarray:
   """Weighted mean over members of [N, K] scores: softmax probabilities or raw logits."""
@@ -89,7 +79,7 @@ def combine(logits: Sequence[np.ndarray], weights: Sequence[float] | None = None
   if len(weights) != len(logits) or np.any(weights < 0) or weights.sum() <= 0:
     raise EnsembleError(f"weights {weights.tolist()}: need {len(logits)} non-negative values "
                         "with a positive sum.")
-  parts = [_softmax(x) if average == "softmax" else x for x in logits]
+  parts = [inference.softmax(x) if average == "softmax" else x for x in logits]
   return np.tensordot(weights / weights.sum(), np.stack(parts), axes=1)
 
 
@@ -102,7 +92,7 @@ def summarize(score: np.ndarray, labels: np.ndarray, average: str) -> dict[str, 
   k = score.shape[1]
   mask = np.ones(len(labels), bool)
   correct = metrics_lib.topk_correct(score, labels, (1, 5))
-  probs = score if average == "softmax" else _softmax(score)
+  probs = score if average == "softmax" else inference.softmax(score)
   confusion = np.asarray(metrics_lib.confusion_matrix(labels, np.argmax(score, -1), mask, k))
   return dict(
     top1=float(np.mean(correct[1])),
@@ -151,35 +141,49 @@ def ensemble(workdirs: Sequence[str], protocol: str, *, weights: Sequence[float]
   return result
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def define_flags(fv: flags.FlagValues) -> None:
+  """The flags of `fstfl-ensemble` (see the module docstring)."""
+  flags.DEFINE_list("workdirs", None, "Comma-separated workdirs of the members.", flag_values=fv,
+                    required=True)
+  flags.DEFINE_string("protocol", "val_1x1", "Eval protocol whose scores are combined.",
+                      flag_values=fv)
+  flags.DEFINE_list("weights", None, "One weight per workdir (default: equal).", flag_values=fv)
+  flags.DEFINE_enum("average", "softmax", AVERAGES, "Average softmax probabilities or raw "
+                    "logits.", flag_values=fv)
+  flags.DEFINE_string("json", None, "Write the result here (local path or gs://).",
+                      flag_values=fv)
+  flags.DEFINE_bool("cost", True, "Count the members' params and GMACs (needs config.json).",
+                    flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   weights = None
-  if _WEIGHTS.value:
+  if args.weights:
     try:
-      weights = [float(w) for w in _WEIGHTS.value]
+      weights = [float(w) for w in args.weights]
     except ValueError:
-      raise app.UsageError(f"--weights={','.join(_WEIGHTS.value)}: expected numbers.") from None
-  result = ensemble(_WORKDIRS.value, _PROTOCOL.value, weights=weights, average=_AVERAGE.value,
-                    with_cost=_COST.value)
+      cli.usage_error(PROG, f"--weights={','.join(args.weights)}: expected numbers.")
+  result = ensemble(args.workdirs, args.protocol, weights=weights, average=args.average,
+                    with_cost=args.cost)
   for member in result["members"]:
     cost = (f"  {member['model']} {member['num_frames']}f: {member['params'] / 1e6:.2f} M params, "
             f"{member['gmacs']:.2f} GMACs" if "params" in member else "")
     print(f"{member['scores']}{cost}")
-  line = (f"ensemble {_PROTOCOL.value} ({_AVERAGE.value} average of {len(result['members'])}): "
+  line = (f"ensemble {args.protocol} ({args.average} average of {len(result['members'])}): "
           f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  mean class "
           f"{100 * result['mean_class_accuracy']:.2f}%  ({result['num_videos']} videos)")
   if "params" in result:
     line += f"  {result['params'] / 1e6:.2f} M params, {result['gmacs']:.2f} GMACs per clip"
   print(line, flush=True)
-  if _JSON.value:
-    storage.write_json(_JSON.value, result, indent=1)
+  if args.json:
+    storage.write_json(args.json, result, indent=1)
+  return 0
 
 
 def run() -> None:
   """Console script `fstfl-ensemble`."""
-  flags.mark_flags_as_required(["workdirs"])
-  cli.run(main)
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

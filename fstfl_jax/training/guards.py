@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from fstfl_jax import cli
+from data_pipelines import cli
 
 # Order in which a step's quantities are checked and reported.
 SCALARS = ("loss", "grad_norm")
-TREES = ("params", "batch_stats")
-NONFINITE_KEY = "nonfinite"  # Eval metrics: videos whose scores were not all finite.
+# Step metrics: the index of the first non-finite quantity (train) or the number of videos whose
+# scores were not all finite (eval).
+NONFINITE_KEY = "nonfinite"
 
 
 class NonFiniteError(cli.UserError, FloatingPointError):

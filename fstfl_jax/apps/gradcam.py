@@ -1,12 +1,13 @@
 r"""Grad-CAM of a trained video model on one video file, drawn like the paper's Figure 6.
 
-  python -m fstfl_jax.gradcam --workdir workdirs/demo \
+  fstfl-gradcam --workdir workdirs/demo \
       --video demo_data/raw/validation/01_move_right/01_move_right_validation_0000.mp4 \
       --out gradcam.png [--layer res5|res4|res3|res3_stc|res2] [--class NAME_OR_INDEX] \
       [--gif gradcam.gif] [--checkpoint latest|best] [--config configs/demo.py]
 
 The video is decoded and sampled like the eval pipeline's single view (segment centres,
-short-side resize, centre crop; `fstfl_jax.video_io`). For the predicted class (or --class) c
+short-side resize, centre crop; `fstfl_jax.apps.video_io`). Same as
+`python -m fstfl_jax.apps.gradcam`. For the predicted class (or --class) c
 and the chosen stage output A (frames folded into the batch, [T, h, w, C]):
 
   alpha[t, k] = mean_{i,j} d y_c / d A[t, i, j, k]          (gradient via the model's
@@ -28,8 +29,8 @@ stays dark.
 """
 
 import dataclasses
+import io
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,15 +39,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from fstfl_jax import cli
-from fstfl_jax import guards
-from fstfl_jax import inference
-from fstfl_jax import reporting
-from fstfl_jax import sharding
-from fstfl_jax import video_io
+from data_pipelines import cli
+from data_pipelines import storage
+from fstfl_jax.apps import inference
+from fstfl_jax.apps import video_io
+from fstfl_jax.evaluation import reporting
 from fstfl_jax.models import build_model
+from fstfl_jax.training import guards
+from fstfl_jax.training import sharding
 
+PROG = "fstfl-gradcam"
 LAYERS = ("res5", "res4", "res3", "res3_stc", "res2")
+# Heat-map opacity over the frames; cold (blue) regions stay readable.
+OVERLAY_ALPHA = 0.45
+COLORMAP = "jet"
 
 
 @dataclasses.dataclass
@@ -158,8 +164,54 @@ def resolve_class(spec: str | None, names: Sequence[str]) -> int | None:
                    f"classes: {list(names)[:20]}{' ...' if len(names) > 20 else ''}.")
 
 
+def overlay(frames: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+  """uint8 [T, S, S, 3] frames blended with the colour-mapped cam [T, S, S] -> uint8."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top  (plots only)
+  heat = colormaps[COLORMAP](cam)[..., :3] * 255.0
+  return ((1 - alpha) * frames + alpha * heat).round().clip(0, 255).astype(np.uint8)
+
+
+def save_gradcam_figure(frames: np.ndarray, cam: np.ndarray, path: str, title: str,
+                        metadata: Mapping[str, str] | None = None) -> None:
+  """The paper's Figure 6 layout as a PNG: the T frames (row "Raw") above the same frames
+  with the heat map overlaid (row "Grad-CAM"), one column per sampled moment T0..T{T-1}.
+
+  `metadata` goes into the PNG's text chunks (e.g. class and layer, for scripts).
+  """
+  plt = reporting.pyplot()
+  t = len(frames)
+  fig, axes = plt.subplots(2, t, figsize=(1.5 * t + 0.6, 3.6), squeeze=False)
+  for row, images in enumerate((frames, overlay(frames, cam))):
+    for i, ax in enumerate(axes[row]):
+      ax.imshow(images[i], interpolation="bilinear")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        ax.set_title(f"T{i}", fontsize=9)
+    axes[row, 0].set_ylabel(("Raw", "Grad-CAM")[row], fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  storage.save_figure(fig, path, dpi=100, metadata=dict(metadata or {}))
+  plt.close(fig)
+
+
+def save_gradcam_gif(frames: np.ndarray, cam: np.ndarray, path: str, *, fps: float = 4.0,
+                     min_side: int = 192) -> None:
+  """The overlaid frames as a looping animated GIF, enlarged to at least `min_side` pixels."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  blended = overlay(frames, cam)
+  scale = max(1, -(-min_side // blended.shape[1]))
+  images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
+                                      Image.Resampling.BILINEAR) for f in blended]
+  buf = io.BytesIO()
+  images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                 duration=int(1000 / fps), loop=0)
+  storage.write_bytes(path, buf.getvalue())
+
+
 def define_flags(fv: flags.FlagValues) -> None:
-  """The flags of `python -m fstfl_jax.gradcam` (see the module docstring)."""
+  """The flags of `fstfl-gradcam` (see the module docstring)."""
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/).", flag_values=fv,
                       required=True)
   flags.DEFINE_string("video", None, "A video file or a frame folder.", flag_values=fv,
@@ -176,9 +228,9 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = cli.parse_tool_flags(argv, define_flags, prog="gradcam", doc=__doc__)
+  args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
   config = inference.load_config(args.workdir, args.config)
-  names = inference.class_names(config, "gradcam")
+  names = inference.class_names(config, PROG)
   class_index = resolve_class(args["class"].value, names)
   mesh = sharding.make_mesh(1)  # One clip: a single device does it.
   try:
@@ -186,25 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 settings=video_io.decode_settings(config.input.data_dir))
     variables, step = inference.restore_variables(config, args.workdir, args.checkpoint, mesh)
   except (video_io.VideoError, guards.NonFiniteError) as e:  # One line, as predict prints it.
-    print(f"gradcam: error: {' '.join(str(e).split())}", file=sys.stderr)
+    cli.print_error(PROG, str(e))
     return 1
   result = make_gradcam(build_model(config.model), args.layer)(variables, views, class_index)
   name = names[result.class_index]
   title = (f"{name} (p={result.probs[result.class_index]:.2f}) - Grad-CAM at {args.layer}, "
            f"{config.model.name} step {step}\n{os.path.basename(args.video)}")
-  reporting.save_gradcam_figure(views[0], result.cam, args.out, title,
-                                metadata={"class": name, "layer": args.layer, "step": str(step)})
+  save_gradcam_figure(views[0], result.cam, args.out, title,
+                      metadata={"class": name, "layer": args.layer, "step": str(step)})
   print(f"{args.out}: Grad-CAM of {name!r} (p={result.probs[result.class_index]:.3f}) at "
         f"{args.layer} ({result.raw.shape[1]}x{result.raw.shape[2]} map)")
   if args.gif:
-    reporting.save_gradcam_gif(views[0], result.cam, args.gif)
+    save_gradcam_gif(views[0], result.cam, args.gif)
     print(f"{args.gif}: animated")
   return 0
 
 
 def run() -> None:
   """Console script `fstfl-gradcam`."""
-  cli.run_main(main)
+  cli.run_main(main, PROG)
 
 
 if __name__ == "__main__":

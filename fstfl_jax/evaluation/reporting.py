@@ -1,14 +1,14 @@
-"""Files a run leaves for people: eval summaries (JSON, confusion PNG, per-video predictions) and
-the Grad-CAM figure and GIF. Local paths or `gs://`; nothing here runs on the accelerator.
+"""Files an evaluation leaves for people: JSON summaries, confusion PNGs, per-video predictions.
+
+Local paths or `gs://`; nothing here runs on the accelerator.
 
 Eval outputs per protocol (process 0 writes): `<workdir>/eval_<name>_step<N>.json` (top-1,
 top-5, mean class accuracy, loss, video count, confusion matrix),
 `eval_<name>_step<N>_confusion.png` and, on request, `eval_<name>_step<N>_predictions.jsonl`
-(one line per video with the logits of every class, the input of `fstfl_jax.ensemble`; format
-in `fstfl_jax.scores`).
+(one line per video with the logits of every class, the input of `fstfl_jax.apps.ensemble`;
+format in `fstfl_jax.evaluation.scores`).
 """
 
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -17,16 +17,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from fstfl_jax import storage
+from data_pipelines import storage
 
 # Above this many classes the confusion plot carries no tick labels (they would overlap).
 MAX_LABELLED_CLASSES = 30
-# Grad-CAM heat-map opacity over the frames; cold (blue) regions stay readable.
-OVERLAY_ALPHA = 0.45
-COLORMAP = "jet"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
   """matplotlib's pyplot on the file-only Agg backend (imported on first use: plots only)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -47,7 +44,7 @@ def save_confusion_png(confusion: np.ndarray, path: str, *, title: str = "",
     raise ValueError(f"Confusion matrix must be square, got {confusion.shape}.")
   if class_names is not None and len(class_names) != k:
     raise ValueError(f"{len(class_names)} class names for a {k}-class confusion matrix.")
-  plt = _pyplot()
+  plt = pyplot()
   rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
   side = float(np.clip(k * 0.35, 5, 16))  # Inches of the matrix; names need room too.
   fig, ax = plt.subplots(figsize=(side + 3, side + 2))
@@ -85,49 +82,3 @@ def write_results(workdir: str, name: str, step: int, result: Mapping[str, Any],
     storage.write_text(stem + "_predictions.jsonl",
                        "".join(json.dumps(row) + "\n" for row in result["predictions"]))
   return stem + ".json"
-
-
-def overlay(frames: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-  """uint8 [T, S, S, 3] frames blended with the colour-mapped cam [T, S, S] -> uint8."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top  (plots only)
-  heat = colormaps[COLORMAP](cam)[..., :3] * 255.0
-  return ((1 - alpha) * frames + alpha * heat).round().clip(0, 255).astype(np.uint8)
-
-
-def save_gradcam_figure(frames: np.ndarray, cam: np.ndarray, path: str, title: str,
-                        metadata: Mapping[str, str] | None = None) -> None:
-  """The paper's Figure 6 layout as a PNG: the T frames (row "Raw") above the same frames
-  with the heat map overlaid (row "Grad-CAM"), one column per sampled moment T0..T{T-1}.
-
-  `metadata` goes into the PNG's text chunks (e.g. class and layer, for scripts).
-  """
-  plt = _pyplot()
-  t = len(frames)
-  fig, axes = plt.subplots(2, t, figsize=(1.5 * t + 0.6, 3.6), squeeze=False)
-  for row, images in enumerate((frames, overlay(frames, cam))):
-    for i, ax in enumerate(axes[row]):
-      ax.imshow(images[i], interpolation="bilinear")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if row == 0:
-        ax.set_title(f"T{i}", fontsize=9)
-    axes[row, 0].set_ylabel(("Raw", "Grad-CAM")[row], fontsize=9)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  storage.save_figure(fig, path, dpi=100, metadata=dict(metadata or {}))
-  plt.close(fig)
-
-
-def save_gradcam_gif(frames: np.ndarray, cam: np.ndarray, path: str, *, fps: float = 4.0,
-                     min_side: int = 192) -> None:
-  """The overlaid frames as a looping animated GIF, enlarged to at least `min_side` pixels."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  blended = overlay(frames, cam)
-  scale = max(1, -(-min_side // blended.shape[1]))
-  images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
-                                      Image.Resampling.BILINEAR) for f in blended]
-  buf = io.BytesIO()
-  images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                 duration=int(1000 / fps), loop=0)
-  storage.write_bytes(path, buf.getvalue())

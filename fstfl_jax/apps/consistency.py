@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import ml_collections
 from absl import logging
 
-from data_pipelines import records
-from fstfl_jax import cli
+from data_pipelines import cli
+from data_pipelines.records import reading
+from fstfl_jax.evaluation import protocols
 
 
 class ConsistencyError(cli.UserError, ValueError):
@@ -44,11 +45,11 @@ def _needed_splits(config: ml_collections.ConfigDict, train: bool,
 
 def _stored_short_side(data_dir: str, split: str) -> tuple[int, str]:
   """min(height, width) of the split's first record, and where it was read."""
-  record = records.open_split(data_dir, split)[0]
+  record = reading.open_split(data_dir, split)[0]
   return min(record["height"], record["width"]), f"split {split!r} record 0"
 
 
-def mismatches(config: ml_collections.ConfigDict, meta: records.DatasetMeta, *, train: bool,
+def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, train: bool,
                eval_protocols: Sequence[str] = ()) -> list[str]:
   """One line per disagreement between `config` and the data dir described by `meta`."""
   data_dir, model, inp = meta.data_dir, config.model, config.input
@@ -82,9 +83,8 @@ def mismatches(config: ml_collections.ConfigDict, meta: records.DatasetMeta, *, 
 def for_training(config: ml_collections.ConfigDict,
                  with_eval: bool) -> ml_collections.ConfigDict:
   """`check` for a training run (plus its in-training validation protocol when `with_eval`)."""
-  from fstfl_jax import evaluate  # Imported here: evaluate pulls in the model and the pipeline.
-  protocols = (evaluate.training_protocol(config),) if with_eval else ()
-  return check(config, train=True, eval_protocols=protocols)
+  names = (protocols.training_protocol(config),) if with_eval else ()
+  return check(config, train=True, eval_protocols=names)
 
 
 def check(config: ml_collections.ConfigDict, *, train: bool,
@@ -102,7 +102,7 @@ def check(config: ml_collections.ConfigDict, *, train: bool,
   Raises:
     ConsistencyError: listing every mismatch (see the module docstring).
   """
-  meta = records.read_info(config.input.data_dir)
+  meta = reading.read_info(config.input.data_dir)
   problems = mismatches(config, meta, train=train, eval_protocols=eval_protocols)
   if problems:
     raise ConsistencyError("The config does not fit the data dir "

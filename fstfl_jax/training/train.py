@@ -1,92 +1,58 @@
-"""Training loop: one jitted data-parallel step, logging, checkpoints, resume, in-training eval.
+"""The training loop: one jitted data-parallel step, logging, checkpoints, resume, validation.
 
-`train_and_evaluate` follows big_vision's order: mesh -> model/optimizer (shapes by
+`train_and_evaluate` follows big_vision's order: optimizer and abstract state (shapes by
 `eval_shape`) -> input -> restore or initialise -> jitted step -> loop (log, NaN check,
-checkpoint, eval). Metrics stay on device until a log, eval or checkpoint step, so the host
-never waits for a step it does not need.
+checkpoint, validate). The caller (`fstfl_jax.apps.experiment`) builds the model once per run,
+checks the config against its data dir, and hands in the model, the input pipeline and the
+validation function, so this loop knows neither the data dir nor the eval protocols. Metrics
+stay on device until a log, eval or checkpoint step, so the host never waits for a step it does
+not need.
 """
 
 import time
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from data_pipelines import device_transforms
-from fstfl_jax import checkpointing
-from fstfl_jax import consistency
-from fstfl_jax import guards
-from fstfl_jax import metrics as metrics_lib
-from fstfl_jax import optim
-from fstfl_jax import sharding as sharding_lib
-from fstfl_jax import storage
-from fstfl_jax import train_state as ts
-from fstfl_jax.models import build_model
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import guards
+from fstfl_jax.training import logs as logs_lib
+from fstfl_jax.training import optim
+from fstfl_jax.training import sharding as sharding_lib
+from fstfl_jax.training import state as ts
+from fstfl_jax.training import steps as steps_lib
 
 Batch = dict[str, Any]
-Metrics = dict[str, jax.Array]
-METRICS_FILE = "metrics.jsonl"
 
 
 class DataModule(Protocol):
-  """What the loop needs from the input pipeline (`data_pipelines.pipeline` by default)."""
+  """What the loop needs from the input pipeline (`data_pipelines.pipeline`)."""
 
   def make_train_iter(self, input_cfg: ml_collections.ConfigDict, *, process_index: int,
                       process_count: int, seed: int) -> Iterator[Batch]: ...
 
 
-# Called as eval_fn(state, step) -> {"top1": ..., ...} (host floats).
+# Validation: eval_fn(state, step) -> {"top1": ..., ...} (host floats), e.g.
+# `fstfl_jax.evaluation.evaluate.make_validator`'s.
 EvalFn = Callable[[ts.TrainState, int], dict[str, float]]
 
 
-def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule
-                    ) -> Callable[[ts.TrainState, Batch], tuple[ts.TrainState, Metrics]]:
-  """A pure `step(state, batch) -> (state, metrics)`, written as single-device code.
-
-  `batch`: video uint8 [B, T, S, S, 3] (B = global clips; the model normalises it), label int32
-  [B]; or the input pipeline's whole frames with resize taps (`device_transforms.train_video`).
-  Run under `jax.jit`
-  with the batch sharded on B, the mean loss and the BatchNorm statistics are global reductions,
-  so XLA all-reduces gradients and BN statistics across devices (SyncBN).
-  """
-
-  def step(state: ts.TrainState, batch: Batch) -> tuple[ts.TrainState, Metrics]:
-    # fold_in(step): the dropout key depends only on the step, so resumed runs repeat it.
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
-    video, labels = device_transforms.train_video(batch), batch["label"]
-
-    def loss_fn(params):
-      logits, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, video, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-      loss = metrics_lib.softmax_cross_entropy(logits, labels).mean()
-      return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
-    accuracy = metrics_lib.topk_correct(logits, labels, (1,))[1].mean(dtype=jnp.float32)
-    grad_norm = optax.tree.norm(grads)
-    nonfinite = guards.first_nonfinite(loss, grad_norm, new_state.params, batch_stats)
-    return new_state, dict(loss=loss, accuracy=accuracy, grad_norm=grad_norm,
-                           lr=schedule(state.step), nonfinite=nonfinite)
-
-  return step
-
-
-def jit_train_step(step_fn: Callable, mesh: jax.sharding.Mesh, state_sharding: Any) -> Callable:
-  """jit with the state donated (updated in place) and kept replicated."""
-  return jax.jit(step_fn, donate_argnums=0,
-                 out_shardings=(state_sharding, sharding_lib.replicated(mesh)))
-
-
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """Global batches per epoch of `config.train.num_train_examples` clips (at least 1).
+
+  Raises:
+    ValueError: `num_train_examples` is unresolved (<= 0): the data dir's train split size is
+      filled in by `fstfl_jax.apps.consistency.check`, which every entry point runs first.
+  """
+  if config.train.num_train_examples <= 0:
+    raise ValueError(f"config.train.num_train_examples={config.train.num_train_examples}: an "
+                     "epoch needs the train split's size; resolve it from the data dir with "
+                     "fstfl_jax.apps.consistency.check or set it explicitly.")
   return max(1, config.train.num_train_examples // config.input.batch_size)
 
 
@@ -96,9 +62,8 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
   return config.optim.num_epochs * steps_per_epoch(config)
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """Model, optimizer, schedule, init function and the abstract (shape-only) train state."""
-  model = build_model(config.model)
+def build(config: ml_collections.ConfigDict, model: Any, mesh: jax.sharding.Mesh):
+  """Optimizer, schedule, init function and the abstract (shape-only) train state of `model`."""
   schedule = optim.make_schedule(config.optim, steps_per_epoch(config), config.input.batch_size)
   tx = optim.make_optimizer(config.optim, schedule)
   size = config.input.crop_size
@@ -106,7 +71,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   rng = jax.random.PRNGKey(config.train.seed)
   abstract = checkpointing.with_sharding(jax.eval_shape(init_fn, rng),
                                          sharding_lib.replicated(mesh))
-  return model, tx, schedule, init_fn, abstract
+  return tx, schedule, init_fn, abstract
 
 
 def load_pretrained(config: ml_collections.ConfigDict, state: ts.TrainState,
@@ -129,33 +94,11 @@ def load_pretrained(config: ml_collections.ConfigDict, state: ts.TrainState,
   return jax.device_put(state, jax.tree.map(lambda _: sharding_lib.replicated(mesh), state))
 
 
-class _Logs:
-  """metrics.jsonl + TensorBoard events (process 0 only, local or `gs://`) + the progress line."""
-
-  def __init__(self, workdir: str, total: int, resumed_step: int):
-    workdir = storage.path(workdir)
-    self.jsonl = metrics_lib.MetricWriter(workdir / METRICS_FILE, keep_until_step=resumed_step)
-    self.tb = (metrics_lib.TensorBoardWriter(workdir / "tensorboard")
-               if jax.process_index() == 0 else None)
-    self.progress = metrics_lib.Progress(total)  # Its clock starts at the first log step.
-
-  def write(self, step: int, values: dict[str, float], prefix: str) -> None:
-    values = {f"{prefix}/{k}": v for k, v in values.items()}
-    self.jsonl.write(step, values)
-    if self.tb is not None:
-      self.tb.write(step, values)
-
-  def close(self) -> None:
-    self.jsonl.close()
-    if self.tb is not None:
-      self.tb.close()
-
-
-def _summarise(pending: list[tuple[int, Metrics]], names: list[str]) -> dict[str, float]:
+def _summarise(pending: list[tuple[int, steps_lib.Metrics]], names: list[str]) -> dict[str, float]:
   """Fetches the buffered step metrics; raises at the first step with a non-finite quantity."""
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), m in zip(pending, fetched):
-    guards.check_step(step, int(m["nonfinite"]), names,
+    guards.check_step(step, int(m[guards.NONFINITE_KEY]), names,
                       {k: float(m[k]) for k in ("loss", "grad_norm")})
   out = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy", "grad_norm")}
   out["lr"] = float(fetched[-1]["lr"])
@@ -183,43 +126,35 @@ def run_summary(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   return "run summary\n  " + "\n  ".join(lines)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       with_eval: bool = True, data: DataModule | None = None,
-                       eval_fn: EvalFn | None = None,
-                       eval_steps: Any = None) -> ts.TrainState:
-  """Trains (resuming from `workdir` if it has a checkpoint); returns the final state.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model: Any,
+                       data: DataModule, validate: EvalFn | None = None,
+                       mesh: jax.sharding.Mesh | None = None) -> ts.TrainState:
+  """Trains `model` (resuming from `workdir` if it has a checkpoint); returns the final state.
 
   Args:
-    config: the full config (configs/<dataset>.py).
+    config: the full config, checked against its data (`train.num_train_examples` resolved).
     workdir: checkpoints, metrics.jsonl and TensorBoard events go here.
-    with_eval: validate every `train.eval_every_epochs` and at the end (`train.eval_at_end`).
-    data: the input pipeline module; defaults to `data_pipelines.pipeline`.
-    eval_fn: validation function; defaults to `fstfl_jax.evaluate.make_validator`'s, which
-      builds its eval step once for the run.
-    eval_steps: an `evaluate.EvalSteps` to take that step from (shared with a final evaluation).
+    model: the run's model (`fstfl_jax.models.build_model(config.model)`).
+    data: the input pipeline (`data_pipelines.pipeline`, or any `DataModule`).
+    validate: called every `train.eval_every_epochs` and at the end (`train.eval_at_end`);
+      None trains without validation.
+    mesh: the `('data',)` mesh; default all devices.
 
   Raises:
     guards.NonFiniteError: on a non-finite loss, gradient norm, parameter or BN statistic, naming
       the step and the quantity; nothing of that step is saved.
   """
-  if data is None:
-    from data_pipelines import pipeline as data  # Imported here so tests can inject data.
-    config = consistency.for_training(config, with_eval)  # Fails fast on a config/data mismatch.
-
-  # ---------------------------------------------------------------- Mesh, model, optimizer.
-  mesh = sharding_lib.make_mesh()
-  sharding_lib.local_batch_size(config.input.batch_size, mesh)
+  # ---------------------------------------------------------------- Mesh, optimizer, state.
+  mesh = mesh or sharding_lib.make_mesh()
+  sharding_lib.check_batch(config.input.batch_size, mesh)
   num_steps = total_steps(config)
   spe = steps_per_epoch(config)
   with jax.set_mesh(mesh):
-    model, tx, schedule, init_fn, abstract = build(config, mesh)
+    tx, schedule, init_fn, abstract = build(config, model, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     guard_names = guards.quantity_names(abstract.params, abstract.batch_stats)
-    train_step = jit_train_step(make_train_step(model, tx, schedule),
-                                mesh, state_sharding)
-    if with_eval and eval_fn is None:
-      from fstfl_jax import evaluate  # Imported here: only eval needs it.
-      eval_fn = evaluate.make_validator(config, model, mesh, eval_steps)
+    train_step = steps_lib.jit_train_step(steps_lib.make_train_step(model, tx, schedule),
+                                          mesh, state_sharding)
 
     # -------------------------------------------------------------------------- Input.
     train_iter = data.make_train_iter(config.input, process_index=jax.process_index(),
@@ -242,10 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------------------- Loop.
     log_every = max(1, config.train.log_every_steps)
-    eval_every = config.train.eval_every_epochs * spe if with_eval else 0
-    logs = _Logs(workdir, num_steps, step)
+    eval_every = config.train.eval_every_epochs * spe if validate else 0
+    logs = logs_lib.TrainLogs(workdir, num_steps, step)
     watcher = checkpointing.PreemptionWatcher()
-    pending: list[tuple[int, Metrics]] = []
+    pending: list[tuple[int, steps_lib.Metrics]] = []
     compiled_step = None
     window_start, window_step = time.monotonic(), step
     try:
@@ -263,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         last = step == num_steps
         do_eval = bool(eval_every and step % eval_every == 0) or (
-          last and with_eval and config.train.eval_at_end)
+          last and validate is not None and config.train.eval_at_end)
         every = config.checkpoint.every_steps
         do_ckpt = do_eval or last or (every > 0 and step % every == 0)
         stop = watcher.should_stop(step)  # Every step: a pre-emption notice gives little time.
@@ -282,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
         eval_metrics = None
         if do_eval:
-          eval_metrics = {k: float(v) for k, v in eval_fn(state, step).items()}
+          eval_metrics = {k: float(v) for k, v in validate(state, step).items()}
           logs.write(step, eval_metrics, "val")
           logging.info("val step %d: %s", step, eval_metrics)
         if do_ckpt or stop:

@@ -1,8 +1,7 @@
-"""Losses, masked accuracy counts, confusion matrices, a JSONL metric log and a progress line.
+"""What a run logs: metrics.jsonl and TensorBoard events (local or `gs://`) and a progress line.
 
-Everything that runs under `jax.jit` takes a boolean `mask` over the batch so that the padding of
-a last, partial eval batch never counts (big_vision evaluators do the same). Host-side helpers
-(`mean_class_accuracy`, `MetricWriter`, `Progress`) work on numpy values.
+Only process 0 writes files; every process may call the writers. The progress line gives the rate
+and ETA of any loop of known length (train steps, eval batches, predicted videos).
 """
 
 import json
@@ -10,117 +9,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from fstfl_jax import storage
+from data_pipelines import storage
 
-
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
-                          label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example cross-entropy, optionally against label-smoothed targets.
-
-  Args:
-    logits: [B, K] unnormalised scores.
-    labels: [B] int class ids.
-    label_smoothing: eps; the target puts 1 - eps on the label and eps / K on every class.
-
-  Returns:
-    [B] float32 losses.
-  """
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def label_rank(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """0-based rank of the true class, ties broken towards the lower class index.
-
-  A class ranks above the label if its score is higher, or equal with a smaller index; this is
-  the order of a stable descending sort, so top-k results never depend on the sort backend.
-
-  Args:
-    logits: [B, K] scores.
-    labels: [B] int class ids.
-
-  Returns:
-    [B] int32 ranks in [0, K).
-  """
-  num_classes = logits.shape[-1]
-  true_score = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  classes = jnp.arange(num_classes)[None, :]
-  above = (logits > true_score) | ((logits == true_score) & (classes < labels[:, None]))
-  return jnp.sum(above, axis=-1, dtype=jnp.int32)
-
-
-def finite_rows(logits: jax.Array) -> jax.Array:
-  """[B] bool: every score of the row is finite (a NaN or Inf row ranks nothing)."""
-  return jnp.all(jnp.isfinite(logits), axis=-1)
-
-
-def topk_correct(logits: jax.Array, labels: jax.Array,
-                 ks: Sequence[int] = (1, 5)) -> dict[int, jax.Array]:
-  """{k: [B] bool} whether the label is among the k best classes (see `label_rank` for ties).
-
-  k larger than the number of classes counts every example as correct. A row with a NaN or Inf
-  score is wrong for every k: NaN compares false with everything, so its rank would be 0.
-  """
-  rank = label_rank(logits, labels)
-  finite = finite_rows(logits)
-  return {k: (rank < k) & finite for k in ks}
-
-
-def predicted_class(logits: jax.Array) -> jax.Array:
-  """[B] int32 argmax, or -1 for rows with a non-finite score (no class is predicted)."""
-  return jnp.where(finite_rows(logits), jnp.argmax(logits, -1), -1).astype(jnp.int32)
-
-
-def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Sum of `values` [B, ...] over the batch rows where `mask` [B] is True; float32 or int32."""
-  mask = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
-  dtype = jnp.int32 if values.dtype in (jnp.bool_, jnp.int32) else jnp.float32
-  return jnp.sum(jnp.where(mask, values, 0).astype(dtype), axis=0)
-
-
-def confusion_matrix(labels: jax.Array, preds: jax.Array, mask: jax.Array,
-                     num_classes: int) -> jax.Array:
-  """[K, K] int32 counts, rows = true class, columns = prediction; masked rows are ignored.
-
-  A prediction of -1 (`predicted_class` of a non-finite row) adds to no column, so pass the
-  class counts to `mean_class_accuracy` to count it as wrong.
-
-  Built from one-hot outer products summed over the batch: a plain reduction, so it stays
-  correct when the batch axis is sharded over devices (XLA inserts the all-reduce).
-  """
-  true_1h = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
-  pred_1h = jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
-  return masked_sum(true_1h[:, :, None] * pred_1h[:, None, :], mask)
-
-
-def mean_class_accuracy(confusion: np.ndarray, support: np.ndarray | None = None) -> float:
-  """Mean over classes of per-class recall, from a [K, K] confusion matrix.
-
-  Classes without any example are left out of the mean (as in sklearn's balanced accuracy):
-  their recall is undefined, and counting them as 0 would penalise a small eval subset.
-
-  Args:
-    confusion: [K, K] counts (rows true class).
-    support: [K] examples per class; default the row sums. Larger when some examples have no
-      prediction (non-finite scores), which then count as wrong.
-  """
-  confusion = np.asarray(confusion, np.float64)
-  support = confusion.sum(axis=1) if support is None else np.asarray(support, np.float64)
-  present = support > 0
-  if not present.any():
-    raise ValueError("Confusion matrix is empty: no evaluated examples.")
-  return float(np.mean(np.diag(confusion)[present] / support[present]))
+METRICS_FILE = "metrics.jsonl"
 
 
 def _jsonable(value: Any) -> Any:
@@ -261,3 +158,25 @@ class Progress:
       return f"{done}/{self.total} ? {self.unit}/s ETA ?"
     eta = format_duration((self.total - done) / self.rate)
     return f"{done}/{self.total} {self.rate:.2f} {self.unit}/s ETA {eta}"
+
+
+class TrainLogs:
+  """metrics.jsonl + TensorBoard events (process 0 only, local or `gs://`) + the progress line."""
+
+  def __init__(self, workdir: str, total: int, resumed_step: int):
+    workdir = storage.path(workdir)
+    self.jsonl = MetricWriter(workdir / METRICS_FILE, keep_until_step=resumed_step)
+    self.tb = (TensorBoardWriter(workdir / "tensorboard")
+               if jax.process_index() == 0 else None)
+    self.progress = Progress(total)  # Its clock starts at the first log step.
+
+  def write(self, step: int, values: dict[str, float], prefix: str) -> None:
+    values = {f"{prefix}/{k}": v for k, v in values.items()}
+    self.jsonl.write(step, values)
+    if self.tb is not None:
+      self.tb.write(step, values)
+
+  def close(self) -> None:
+    self.jsonl.close()
+    if self.tb is not None:
+      self.tb.close()

@@ -22,10 +22,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from fstfl_jax import cli
-from fstfl_jax import guards
-from fstfl_jax import sharding as sharding_lib
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
+from fstfl_jax.training import guards
+from fstfl_jax.training import sharding as sharding_lib
 
 STATE, DATA = "state", "data"
 
@@ -130,6 +130,22 @@ def restore_state_only(workdir: str, abstract_state: Any | None, mesh: jax.shard
     **{STATE: ocp.args.StandardRestore(target)}))
   manager.close()
   return restored[STATE], step
+
+
+def choose_step(config: ml_collections.ConfigDict, workdir: str, which: str) -> int | None:
+  """'latest' -> None (restore takes the latest), 'best' -> best step by validation top-1."""
+  if which == "latest":
+    return None
+  if which != "best":
+    raise ValueError(f"checkpoint={which!r}; expected 'latest' or 'best'.")
+  manager = make_manager(checkpoint_dir(workdir), config.checkpoint, read_only=True)
+  best = manager.best_step()
+  manager.close()
+  if best is None:
+    raise CheckpointNotFoundError(
+      f"No checkpoint with validation metrics in {workdir}: cannot pick the best one; use "
+      "checkpoint='latest'.")
+  return best
 
 
 class PreemptionWatcher:

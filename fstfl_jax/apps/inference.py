@@ -1,7 +1,6 @@
 """A trained run, ready to apply: its config, weights, class names, and probabilities.
 
-Shared by `fstfl_jax.predict` and `fstfl_jax.gradcam`; `fstfl_jax.evaluate` picks checkpoints
-with `choose_step` too.
+Shared by `fstfl_jax.apps.predict` and `fstfl_jax.apps.gradcam`.
 """
 
 import sys
@@ -13,11 +12,11 @@ import numpy as np
 from absl import logging
 from ml_collections.config_flags import config_flags
 
-from data_pipelines import records
-from fstfl_jax import checkpointing
-from fstfl_jax import cli
-from fstfl_jax import guards
-from fstfl_jax import storage
+from data_pipelines import cli
+from data_pipelines import storage
+from data_pipelines.records import reading
+from fstfl_jax.training import checkpointing
+from fstfl_jax.training import guards
 
 
 def load_config(workdir: str, config_spec: str | None = None) -> ml_collections.ConfigDict:
@@ -37,7 +36,7 @@ def class_names(config: ml_collections.ConfigDict, prog: str) -> list[str]:
   metadata is not on this machine."""
   k = config.model.num_classes
   try:
-    names = records.read_info(config.input.data_dir).class_names
+    names = reading.read_info(config.input.data_dir).class_names
     problem = f"it names {len(names)} classes"
   except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types; fall back)
     names, problem = [], " ".join(f"{type(e).__name__}: {e}".split())
@@ -46,23 +45,6 @@ def class_names(config: ml_collections.ConfigDict, prog: str) -> list[str]:
           f"{config.input.data_dir!r} ({problem}); printing class indices.", file=sys.stderr)
     return [f"class {i}" for i in range(k)]
   return names
-
-
-def choose_step(config: ml_collections.ConfigDict, workdir: str, which: str) -> int | None:
-  """'latest' -> None (restore takes the latest), 'best' -> best step by validation top-1."""
-  if which == "latest":
-    return None
-  if which != "best":
-    raise ValueError(f"checkpoint={which!r}; expected 'latest' or 'best'.")
-  manager = checkpointing.make_manager(checkpointing.checkpoint_dir(workdir), config.checkpoint,
-                                       read_only=True)
-  best = manager.best_step()
-  manager.close()
-  if best is None:
-    raise checkpointing.CheckpointNotFoundError(
-      f"No checkpoint with validation metrics in {workdir}: cannot pick the best one; use "
-      "checkpoint='latest'.")
-  return best
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoint: str,
@@ -76,7 +58,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, checkpoin
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)
   try:
-    step = choose_step(config, workdir, checkpoint)
+    step = checkpointing.choose_step(config, workdir, checkpoint)
     state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
   finally:
     logging.set_verbosity(verbosity)

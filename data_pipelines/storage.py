@@ -20,7 +20,7 @@ from typing import Any
 
 from etils import epath
 
-from fstfl_jax.cli import UserError
+from data_pipelines.cli import UserError
 
 REMOTE_SCHEMES = ("gs",)
 

@@ -1,0 +1,1 @@
+"""Video shards: `schema` (names and record format), `writing`, `reading`."""
