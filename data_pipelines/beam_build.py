@@ -13,12 +13,12 @@ parallelism); everything after `--` goes to Beam's `PipelineOptions` (runner fla
 Same plan, records, metadata and `failures.jsonl` as `build.build` for the same input and
 settings, byte for byte (`tests_beam/`): the launcher parses the layout and checks
 `.build_plan.json` (`build.prepare`); one Beam element per unfinished shard decodes that shard's
-videos in annotation order and writes it with the local builder's `build.write_shard` (atomic
-rename, failures first); the launcher then merges failures and writes the metadata
-(`build.finish`). A rerun skips finished shards, so it is idempotent and resumes a killed run
-(of either builder). Parallelism is the number of shards (`--num_shards`): use a few per
-worker core. `--src` and `--out` must be paths that the launcher and every worker see (a shared
-file system); write to local or shared disk, then copy to a bucket with `fstfl-copy-data`.
+videos in the plan's order and writes it with the local builder's `build.write_shard` (staged
+locally, failures first, the shard published last and atomically); the launcher then merges
+failures and writes the metadata (`build.finish`). A rerun skips finished shards, so it is
+idempotent and resumes a killed run (of either builder). Parallelism is the number of shards
+(`--num_shards`): use a few per worker core. `--src` and `--out` are paths every worker can
+read and write: `gs://` URLs (what Dataflow workers see), or a shared file system.
 """
 
 import sys
@@ -41,7 +41,7 @@ ShardJob = tuple[str, str, int, int, list[ingest.Entry], list[video_decode.Task]
 def write_shard(job: ShardJob) -> Iterator[tuple[str, int]]:
   """Decodes and writes one shard; yields (split, failures) for the launcher's log."""
   out, split, shard, num_shards, entries, tasks = job
-  if writing.shard_is_done(out, split, shard, num_shards):  # A retried bundle.
+  if shard in writing.finished_shards(out, split, num_shards):  # A retried bundle.
     return
   failures = build.write_shard(out, split, shard, num_shards, entries,
                                map(video_decode.make_record, tasks))
@@ -61,9 +61,10 @@ def jobs(plan: build.Plan) -> list[ShardJob]:
 
 def build_beam(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
                quality: int = 90, num_shards: int | None = None, name: str | None = None,
-               beam_args: list[str] | None = None) -> build.BuildResult:
+               shuffle_seed: int = 0, beam_args: list[str] | None = None) -> build.BuildResult:
   """`build.build` with the shards written by a Beam pipeline (module docstring)."""
-  plan = build.prepare(dataset, src, out, split_id, short_side, quality, num_shards, name)
+  plan = build.prepare(dataset, src, out, split_id, short_side, quality, num_shards, name,
+                       shuffle_seed)
   pending = jobs(plan)
   if pending:
     options = PipelineOptions(beam_args or ["--runner", "DirectRunner"])
@@ -79,9 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   split_at = argv.index("--") if "--" in argv else len(argv)
   args = cli.parse_flags(argv[:split_at], build.define_flags, prog=PROG, doc=__doc__)
-  build.refuse_remote(PROG, args.src, args.out, "a (shared) file system")
   result = build_beam(args.dataset, args.src, args.out, args.split_id, args.short_side,
-                      args.quality, args.num_shards, args.name, argv[split_at + 1:])
+                      args.quality, args.num_shards, args.name, args.shuffle_seed,
+                      argv[split_at + 1:])
   print(build.summary(result))
   return 0
 

@@ -1,16 +1,19 @@
-"""Builds ArrayRecord video shards (see `records.py`) from a source dataset layout.
+"""fstfl-build: ArrayRecord video shards (`data_pipelines.records`) from a source dataset layout.
 
   fstfl-build --dataset sthv1 --src /data/sthv1 --out /data/sthv1_shards \
-      [--split_id 1] [--short_side 256] [--quality 90] [--workers 8] [--num_shards 64]
+      [--split_id 1] [--short_side 256] [--quality 90] [--workers 8] [--num_shards 64] \
+      [--shuffle_seed 0]
   (the same as `python -m data_pipelines.build ...`)
 
-Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). Videos are decoded with PyAV in spawned
-worker processes and written in annotation order, so shard contents are deterministic.
+Layouts: sthv1, sthv2, k400, ucf101, folder (`ingest.py`). `--src` and `--out` may be local
+paths or `gs://` URLs. Videos are decoded with PyAV in spawned worker processes and written in
+a deterministic order (the train split in a seeded shuffle of the annotation order, the others
+in annotation order), so shard contents are deterministic.
 
 Undecodable, incomplete (truncated: `integrity.py`) or missing videos are skipped and listed in
 `<out>/failures.jsonl` ({split, video_id, source, reason} per line). The build is resumable:
-finished shards are kept (`writing.ShardWriter` renames a shard into place only when complete),
-and `<out>/.build_plan.json` makes a rerun with different inputs or settings fail instead of
+finished shards are kept (`writing.ShardWriter` publishes a shard only when complete), and
+`<out>/.build_plan.json` makes a rerun with different inputs or settings fail instead of
 mixing shards.
 """
 
@@ -33,11 +36,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import av
+import numpy as np
 import simplejpeg
 import tqdm
 from absl import flags
 
 from data_pipelines import cli
+from data_pipelines import gcs
 from data_pipelines import ingest
 from data_pipelines import integrity
 from data_pipelines import storage
@@ -135,25 +140,17 @@ def ordered_map(fn: Callable, tasks: Iterable, pool: concurrent.futures.Executor
     yield result
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _check_plan(out: str, plan: dict[str, Any]) -> None:
   """Records the plan of a new build; a rerun must have the same plan to resume."""
-  path = os.path.join(out, PLAN_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  path = storage.path(out) / PLAN_FILE
+  if path.exists():
+    old = storage.read_json(path)
     if old != plan:
       diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
       raise PlanError(f"{out} holds a build with different {diff} ({path}); use an empty --out "
                        f"or the same inputs and settings to resume.")
     return
-  _atomic_write(path, json.dumps(plan, indent=2, sort_keys=True))
+  storage.write_json(path, plan, indent=2, sort_keys=True)
 
 
 def _ids_digest(entries: list[ingest.Entry]) -> str:
@@ -169,12 +166,11 @@ def write_shard(out: str, split: str, shard: int, num_shards: int,
                 bar: tqdm.tqdm | None = None) -> list[dict[str, str]]:
   """Writes one shard from the decode results of its entries (in order); returns its failures.
 
-  The shard's failure list goes to `.failures/` before the shard's rename, so a finished shard
-  always has it. Shared by the local build and the Beam build (`beam_build.py`).
+  The shard's failure list goes to `.failures/` before the shard is published, so a finished
+  shard always has it. Shared by the local build and the Beam build (`beam_build.py`).
   """
   name = schema.shard_name(split, shard, num_shards)
   failures = []
-  os.makedirs(os.path.join(out, FAILURES_DIR), exist_ok=True)
   with writing.ShardWriter(out, split, shard, num_shards) as writer:
     for entry in entries:
       record, reason = next(results)
@@ -185,16 +181,17 @@ def write_shard(out: str, split: str, shard: int, num_shards: int,
         writer.write(record)
       if bar is not None:
         bar.update()
-    _atomic_write(os.path.join(out, FAILURES_DIR, name + ".jsonl"),
-                  "".join(json.dumps(f) + "\n" for f in failures))
+    storage.write_text(os.path.join(out, FAILURES_DIR, name + ".jsonl"),
+                       "".join(json.dumps(f) + "\n" for f in failures))
   return failures
 
 
 def pending_shards(out: str, split: str, num_entries: int, num_shards: int
                    ) -> list[tuple[int, range]]:
   """(shard, entry range) of the shards of `split` not yet finished in `out`."""
+  done = writing.finished_shards(out, split, num_shards)
   return [(s, r) for s, r in enumerate(writing.shard_ranges(num_entries, num_shards))
-          if not writing.shard_is_done(out, split, s, num_shards)]
+          if s not in done]
 
 
 def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: int,
@@ -217,14 +214,12 @@ def _build_split(out: str, split: str, entries: list[ingest.Entry], num_shards: 
 
 
 def _collect_failures(out: str, shards: dict[str, int]) -> list[dict[str, str]]:
-  failures = []
-  for split, num_shards in shards.items():
-    for shard in range(num_shards):
-      with open(os.path.join(out, FAILURES_DIR,
-                             schema.shard_name(split, shard, num_shards) + ".jsonl")) as f:
-        failures += [json.loads(line) for line in f if line.strip()]
-  _atomic_write(os.path.join(out, FAILURES_FILE),
-                "".join(json.dumps(f) + "\n" for f in failures))
+  paths = [os.path.join(out, FAILURES_DIR, schema.shard_name(split, shard, num_shards) + ".jsonl")
+           for split, num_shards in shards.items() for shard in range(num_shards)]
+  failures = [json.loads(line) for text in storage.read_files(paths)
+              for line in text.decode().splitlines() if line.strip()]
+  storage.write_text(os.path.join(out, FAILURES_FILE),
+                     "".join(json.dumps(f) + "\n" for f in failures))
   return failures
 
 
@@ -246,19 +241,33 @@ class Plan:
 
 
 def prepare(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
-            quality: int = 90, num_shards: int | None = None, name: str | None = None) -> Plan:
-  """Parses the layout, fixes shards and settings, and records or checks `.build_plan.json`."""
+            quality: int = 90, num_shards: int | None = None, name: str | None = None,
+            shuffle_seed: int = 0) -> Plan:
+  """Parses the layout, fixes shards and settings, and records or checks `.build_plan.json`.
+
+  The train split is written in a seeded shuffled order: annotation files and class trees list
+  videos class by class, and each process of a pod reads a contiguous block of the split
+  (`records.reading.process_blocks`), which must hold every class in proportion.
+  """
   if short_side < 1 or not 1 <= quality <= 100:
     raise ValueError(f"short_side must be >= 1 and quality in 1..100, got {short_side}, "
                      f"{quality}.")
+  for path in (src, out):
+    gcs.check_reachable(path)
   layout = ingest.parse(dataset, src, split_id)
+  train = layout.splits.get("train")
+  if train:
+    order = np.random.default_rng(shuffle_seed).permutation(len(train))
+    layout = dataclasses.replace(layout, splits=dict(layout.splits,
+                                                     train=[train[i] for i in order]))
   shards = {split: min(len(entries), num_shards or math.ceil(len(entries) / RECORDS_PER_SHARD))
             for split, entries in layout.splits.items()}
   settings = dict(dataset=dataset, source_layout=layout.description, split_id=split_id,
                   short_side=short_side, jpeg_quality=quality, tool_version=TOOL_VERSION,
                   pyav=av.__version__, libavcodec=str(av.library_versions.get("libavcodec")),
-                  simplejpeg=simplejpeg.__version__, num_shards=shards)
-  os.makedirs(out, exist_ok=True)
+                  simplejpeg=simplejpeg.__version__, num_shards=shards,
+                  **{schema.TRAIN_ORDER: dict(shuffle_seed=shuffle_seed)})
+  storage.path(out).mkdir(parents=True, exist_ok=True)
   _check_plan(out, dict(settings, class_names=layout.class_names,
                         videos={s: len(e) for s, e in layout.splits.items()},
                         digest={s: _ids_digest(e) for s, e in layout.splits.items()}))
@@ -281,7 +290,7 @@ def finish(plan: Plan, written: int) -> BuildResult:
 
 def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int = 256,
           quality: int = 90, workers: int | None = None, num_shards: int | None = None,
-          name: str | None = None) -> BuildResult:
+          name: str | None = None, shuffle_seed: int = 0) -> BuildResult:
   """Parses the layout, writes missing shards, failures and metadata; see module docstring.
 
   Args:
@@ -294,8 +303,10 @@ def build(dataset: str, src: str, out: str, split_id: int = 1, short_side: int =
     workers: decode processes (0: decode in this process); default: CPU count.
     num_shards: shards per split (at most one per video); default: ceil(videos / 256).
     name: dataset name in the TFDS metadata; default: `dataset`.
+    shuffle_seed: seed of the train split's order (`prepare`).
   """
-  plan = prepare(dataset, src, out, split_id, short_side, quality, num_shards, name)
+  plan = prepare(dataset, src, out, split_id, short_side, quality, num_shards, name,
+                 shuffle_seed)
   workers = (os.cpu_count() or 1) if workers is None else workers
   with process_pool(workers) as pool:
     written = sum(_build_split(out, split, entries, plan.shards[split], plan.task, pool)
@@ -307,22 +318,17 @@ def define_flags(fv: flags.FlagValues) -> None:
   """The flags of `fstfl-build` (see the module docstring)."""
   flags.DEFINE_enum("dataset", None, sorted(ingest.PARSERS), "Source layout.", flag_values=fv,
                     required=True)
-  flags.DEFINE_string("src", None, "Source root of the layout.", flag_values=fv, required=True)
-  flags.DEFINE_string("out", None, "Output data dir.", flag_values=fv, required=True)
+  flags.DEFINE_string("src", None, "Source root of the layout (local path or gs://).",
+                      flag_values=fv, required=True)
+  flags.DEFINE_string("out", None, "Output data dir (local path or gs://).", flag_values=fv,
+                      required=True)
   flags.DEFINE_integer("split_id", 1, "UCF-101 split (1-3).", flag_values=fv)
   flags.DEFINE_integer("short_side", 256, "Cap on the frames' short side.", flag_values=fv)
   flags.DEFINE_integer("quality", 90, "JPEG quality.", flag_values=fv)
   flags.DEFINE_integer("workers", None, "Decode processes (0: inline).", flag_values=fv)
   flags.DEFINE_integer("num_shards", None, "Shards per split.", flag_values=fv)
   flags.DEFINE_string("name", None, "Dataset name in the TFDS metadata.", flag_values=fv)
-
-
-def refuse_remote(prog: str, src: str, out: str, where: str) -> None:
-  """One usage error if --src or --out is a bucket URL (the build needs `where`)."""
-  for flag, value in (("--src", src), ("--out", out)):
-    if storage.is_remote(value):
-      cli.usage_error(prog, f"{flag} {value}: the build reads videos and writes shards on {where}; "
-                      "copy the data dir to a bucket afterwards with fstfl-copy-data.")
+  flags.DEFINE_integer("shuffle_seed", 0, "Seed of the train split's order.", flag_values=fv)
 
 
 def summary(result: BuildResult) -> str:
@@ -336,9 +342,8 @@ def summary(result: BuildResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = cli.parse_flags(argv, define_flags, prog=PROG, doc=__doc__)
-  refuse_remote(PROG, args.src, args.out, "local disk")
   result = build(args.dataset, args.src, args.out, args.split_id, args.short_side, args.quality,
-                 args.workers, args.num_shards, args.name)
+                 args.workers, args.num_shards, args.name, args.shuffle_seed)
   print(summary(result))
   return 0
 

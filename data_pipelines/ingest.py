@@ -20,16 +20,20 @@ keeps its own split folder names. Label conventions (docs/data.md#source-layouts
   folder  `<src>/<split>/<class>/<video file or frame folder>`; classes = sorted class folders of
           `train` (or of the first split), other splits may not add classes.
 
-Bad annotations raise `LayoutError` naming the file and line (or JSON entry).
+Bad annotations raise `LayoutError` naming the file and line (or JSON entry). `--src` may be a
+local path or a `gs://` URL: files are read and folders listed through `data_pipelines.storage`
+(a class tree on a bucket costs one paged listing per folder, not one request per video).
 """
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable
 
 from data_pipelines import cli
+from data_pipelines import storage
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
                     ".flv")
@@ -55,12 +59,16 @@ class Layout:
   fps: float = 0.0  # Recorded for frame folders, which carry no frame rate.
 
 
+def _isdir(path: str) -> bool:
+  return storage.path(path).is_dir()
+
+
 def _find(src: str, names: tuple[str, ...], subdirs: tuple[str, ...] = ("",),
           what: str = "label file") -> str:
   for sub in subdirs:
     for name in names:
       path = os.path.join(src, sub, name)
-      if os.path.isfile(path):
+      if storage.path(path).is_file():
         return path
   tried = [os.path.join(src, sub, names[0]) for sub in subdirs]
   raise LayoutError(f"missing {what} {' or '.join(tried)}"
@@ -69,7 +77,7 @@ def _find(src: str, names: tuple[str, ...], subdirs: tuple[str, ...] = ("",),
 
 def _root(src: str, subdir: str) -> str:
   path = os.path.join(src, subdir)
-  return path if os.path.isdir(path) else src
+  return path if _isdir(path) else src
 
 
 def _nonempty(splits: dict[str, list[Entry]], where: dict[str, str]) -> dict[str, list[Entry]]:
@@ -85,8 +93,8 @@ def _index(class_names: list[str]) -> dict[str, int]:
 
 def _read_lines(path: str) -> list[tuple[int, str]]:
   """(1-based line number, stripped line) for every non-blank line."""
-  with open(path, encoding="utf-8") as f:
-    return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+  return [(n, line.strip()) for n, line in enumerate(storage.read_text(path).splitlines(), 1)
+          if line.strip()]
 
 
 def parse_sthv1(src: str, split_id: int = 1) -> Layout:
@@ -113,8 +121,7 @@ def parse_sthv1(src: str, split_id: int = 1) -> Layout:
 
 def _load_json(path: str):
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except json.JSONDecodeError as e:
     raise LayoutError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from e
 
@@ -158,14 +165,12 @@ def _is_video(name: str) -> bool:
 
 def _list_class_folder(folder: str) -> list[str]:
   """Video files and frame folders (sub-directories) of a class folder, sorted."""
-  return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                if _is_video(n) or (not n.startswith(".")
-                                    and os.path.isdir(os.path.join(folder, n))))
+  return [os.path.join(folder, name) for name, is_dir in storage.scandir(folder)
+          if _is_video(name) or (is_dir and not name.startswith("."))]
 
 
 def _subdirs(path: str) -> list[str]:
-  return sorted(n for n in os.listdir(path)
-                if not n.startswith(".") and os.path.isdir(os.path.join(path, n)))
+  return [name for name, is_dir in storage.scandir(path) if is_dir and not name.startswith(".")]
 
 
 def _parse_tree(src: str, split_dirs: dict[str, str], video_id: Callable[[str, str], str],
@@ -194,7 +199,7 @@ def _stem(path: str) -> str:
 
 def parse_folder(src: str, split_id: int = 1) -> Layout:
   del split_id
-  if not os.path.isdir(src):
+  if not _isdir(src):
     raise LayoutError(f"{src}: not a directory (expected <src>/<split>/<class>/<videos>).")
   split_names = _subdirs(src)
   if not split_names:
@@ -224,21 +229,19 @@ def parse_k400(src: str, split_id: int = 1) -> Layout:
   except LayoutError as csv_error:
     tree = {}
     for split, names in _K400_TREE.items():
-      found = [n for n in names if os.path.isdir(os.path.join(src, n))]
+      found = [n for n in names if _isdir(os.path.join(src, n))]
       if not found:
         raise LayoutError(f"{src}: neither the official CSVs nor a "
                           f"<{'|'.join(names)}>/<class>/ tree ({csv_error})") from csv_error
       tree[split] = found[0]
     return _parse_tree(src, tree, lambda cls, path: _stem(path), f"k400 tree {src}")
   clips = {}
-  for dirpath, dirnames, filenames in os.walk(src):
-    dirnames.sort()
-    for name in sorted(filenames):
-      if _is_video(name):
-        clips.setdefault(_stem(name), os.path.join(dirpath, name))
+  for path in storage.walk_files(src):
+    if _is_video(os.path.basename(path)):
+      clips.setdefault(_stem(path), path)
   rows, class_names = {}, None
   for split, path in csv_paths.items():
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(storage.read_text(path), newline="") as f:
       reader = csv.reader(f)
       header = next(reader, [])
       if header[:4] != _K400_HEADER:

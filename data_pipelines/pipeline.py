@@ -1,14 +1,17 @@
 """Grain input pipelines over the video records of `data_pipelines.records`.
 
-Train: range(N) -> this process's slice -> shuffle (reshuffled every epoch) -> repeat -> batch of
+Train: this process's block of the split -> shuffle (reshuffled every epoch) -> repeat -> batch of
 indices -> `random_map` (per clip: sample frame indices, read and decode only those frames
 straight into the batch array, optional clip-level RandAugment, draw the multi-scale crop box
 and the flip) -> prefetch (reader threads, or worker processes when `num_workers > 0`).
 All randomness comes from grain's per-element rng, so the iterator state (`get_state`, or
 `grain.checkpoint.CheckpointSave` in an Orbax CheckpointManager) fully determines the stream.
 
-Eval: every record exactly once; process p takes records p, p + P, ...; each process pads its
-slice to the same number of whole batches with masked-out (`mask=False`, `index=-1`) elements.
+Each process reads a contiguous, shard-aligned block of the split
+(`records.reading.process_blocks`), for train and eval, so on a pod a host needs (or copies)
+only its own shards.
+Eval: every record exactly once; each process pads its block to the same number of whole batches
+(the largest block's) with masked-out (`mask=False`, `index=-1`) elements.
 
 Batches are host numpy arrays of this process's clips (B = global batch / process_count):
   train: video uint8 [B, T, R, Wmax, 3] (whole frames at stored resolution, stored flat),
@@ -45,12 +48,16 @@ def _per_process(global_batch: int, process_count: int, what: str) -> int:
 
 
 class _ClipReader:
-  """Reads records of one split; decodes only the sampled frames, with errors that locate them."""
+  """Reads records of one split; decodes only the sampled frames, with errors that locate them.
 
-  def __init__(self, data_dir: str, split: str):
+  `source.block` holds the split indices this process reads.
+  """
+
+  def __init__(self, data_dir: str, split: str, process_index: int = 0, process_count: int = 1):
     self.data_dir = data_dir
     self.split = split
-    self.source = reading.open_split(data_dir, split)
+    self.source = reading.open_split(data_dir, split, process_index=process_index,
+                                     process_count=process_count)
 
   def __len__(self) -> int:
     return len(self.source)
@@ -181,19 +188,19 @@ def record_views(input_cfg: ml_collections.ConfigDict, record: dict[str, Any], *
 
 
 class EvalClip(grain.transforms.Map):
-  """Position in this process's padded slice -> dict(video, label, mask, index, video_id)."""
+  """Position in this process's padded block -> dict(video, label, mask, index, video_id)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, reader: _ClipReader, *, clips: int,
-               crops: int, process_index: int, process_count: int):
+               crops: int):
     transforms.eval_boxes(cfg.resize_short, cfg.resize_short, cfg.crop_size, crops)  # Validate.
     self.cfg = cfg
     self.reader = reader
     self.clips, self.crops = clips, crops
-    self.process_index, self.process_count = process_index, process_count
 
   def map(self, position: int) -> dict[str, np.ndarray]:
-    index = self.process_index + position * self.process_count
-    if index >= len(self.reader):
+    block = self.reader.source.block
+    index = block.start + position
+    if index >= block.stop:
       size = self.cfg.crop_size
       shape = (self.clips * self.crops, self.cfg.num_frames, size, size, 3)
       return dict(video=np.zeros(shape, np.uint8), label=np.int32(0), mask=np.bool_(False),
@@ -254,11 +261,12 @@ def make_train_iter(input_cfg: ml_collections.ConfigDict, *, process_index: int 
   """Endless, checkpointable iterator of this process's train batches (see module docstring)."""
   cfg = input_cfg
   batch = _per_process(cfg.batch_size, process_count, "batch_size")
-  reader = _ClipReader(cfg.data_dir, cfg.train_split)
+  reader = _ClipReader(cfg.data_dir, cfg.train_split, process_index, process_count)
   seed = cfg.shuffle_seed if seed is None else seed
-  # Processes shuffle their own slices; a per-process seed also decorrelates their augmentations.
+  # Processes shuffle their own blocks; a per-process seed also decorrelates their augmentations.
   process_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-  ds = grain.MapDataset.range(len(reader))[process_index::process_count]
+  block = reader.source.block
+  ds = grain.MapDataset.range(block.start, block.stop)
   if len(ds) < batch:
     raise ValueError(f"{cfg.data_dir} split {cfg.train_split!r}: {len(ds)} records for process "
                      f"{process_index}, fewer than one batch of {batch}.")
@@ -267,26 +275,22 @@ def make_train_iter(input_cfg: ml_collections.ConfigDict, *, process_index: int 
   return iter(_prefetch(ds, cfg))
 
 
-def _eval_split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
-  sizes = reading.read_info(cfg.data_dir).split_sizes
-  if split not in sizes:
-    raise ValueError(f"{cfg.data_dir}: no split {split!r}; has {sorted(sizes)}.")
-  return sizes[split]
-
-
-def _eval_layout(num_records: int, eval_batch_size: int, process_count: int) -> tuple[int, int]:
-  """(per-process batch, batches per process), equal on every process."""
+def _eval_layout(reader: _ClipReader, eval_batch_size: int,
+                 process_count: int) -> tuple[int, int]:
+  """(per-process batch, batches per process): equal on every process, for the largest block."""
   batch = _per_process(eval_batch_size, process_count, "eval_batch_size")
-  per_process = -(-num_records // process_count)
-  return batch, -(-per_process // batch)
+  largest = max(len(b.videos) for b in reading.process_blocks(reader.source.videos_per_shard,
+                                                              process_count))
+  return batch, -(-largest // batch)
 
 
 def num_eval_batches(input_cfg: ml_collections.ConfigDict, *, split: str | None = None,
-                     process_count: int = 1) -> int:
-  """Batches `make_eval_iter` yields on every process."""
-  split = split or input_cfg.eval_split
-  return _eval_layout(_eval_split_size(input_cfg, split), input_cfg.eval_batch_size,
-                      process_count)[1]
+                     process_index: int = 0, process_count: int = 1) -> int:
+  """Batches `make_eval_iter` yields on every process (opened as this process, whose part of
+  the data dir may be all there is)."""
+  reader = _ClipReader(input_cfg.data_dir, split or input_cfg.eval_split, process_index,
+                       process_count)
+  return _eval_layout(reader, input_cfg.eval_batch_size, process_count)[1]
 
 
 def make_eval_iter(input_cfg: ml_collections.ConfigDict, *, split: str | None = None,
@@ -295,9 +299,8 @@ def make_eval_iter(input_cfg: ml_collections.ConfigDict, *, split: str | None = 
   """One pass over `split`, every record exactly once over all processes (module docstring)."""
   cfg = input_cfg
   split = split or cfg.eval_split
-  reader = _ClipReader(cfg.data_dir, split)
-  batch, num_batches = _eval_layout(len(reader), cfg.eval_batch_size, process_count)
+  reader = _ClipReader(cfg.data_dir, split, process_index, process_count)
+  batch, num_batches = _eval_layout(reader, cfg.eval_batch_size, process_count)
   ds = grain.MapDataset.range(num_batches * batch).map(EvalClip(
-    cfg, reader, clips=clips or cfg.test_clips, crops=crops or cfg.test_crops,
-    process_index=process_index, process_count=process_count)).batch(batch)
+    cfg, reader, clips=clips or cfg.test_clips, crops=crops or cfg.test_crops)).batch(batch)
   return iter(_prefetch(ds, cfg))

@@ -18,6 +18,7 @@ import numpy as np
 import simplejpeg
 
 from data_pipelines import randaugment as randaugment_lib
+from data_pipelines.records import source
 
 FLIP_POLICIES = ("none", "flip", "flip_swap_labels")
 # A candidate crop side within this many pixels of crop_size snaps to crop_size (TSN's `< 3`).
@@ -37,7 +38,8 @@ class JpegFrames(Sequence):
   """The frames `indices` of a video, decoded on access into one reused buffer.
 
   Each sampled frame's bytes are fetched once, at construction (with the shards' lazy
-  `records.VideoFrames`, that is the only read of the video). `frames[t]` is valid only until
+  `records.source.VideoFrames`, that is the only read of the video, all frames in one request
+  batch). `frames[t]` is valid only until
   the next access; `decode_into` writes a frame into a caller's buffer instead (the train
   pipeline decodes straight into its batch array).
 
@@ -49,7 +51,12 @@ class JpegFrames(Sequence):
   def __init__(self, jpegs: Sequence[bytes], indices: Sequence[int],
                describe: Callable[[int], str]):
     self._indices = [int(i) for i in indices]
-    self._jpegs = {i: jpegs[i] for i in self._indices}
+    unique = sorted(set(self._indices))
+    if isinstance(jpegs, source.VideoFrames):
+      taken = jpegs.take(unique)
+    else:
+      taken = [jpegs[i] for i in unique]
+    self._jpegs = dict(zip(unique, taken))
     self._describe = describe
     self.height, self.width = self._size(self._indices[0])
     self._buffer = None

@@ -1,6 +1,8 @@
 """Turns one source video (a video file or a folder of JPEG frames) into a record dict.
 
-Runs inside build worker processes, so it imports only PyAV, numpy and simplejpeg (cheap to spawn).
+Runs inside build worker processes, so it imports only PyAV, numpy and simplejpeg (cheap to
+spawn); a source on a bucket brings in `data_pipelines.storage` (a file is downloaded to a
+temporary file first, a frame folder's frames are fetched concurrently).
 Frames keep the source resolution unless the short side exceeds the cap; then they are downscaled
 (area filter, aspect kept). They are never upscaled.
 """
@@ -97,12 +99,15 @@ def load_frame_folder(folder: str, short_side: int, quality: int, fps: float) ->
   is still parsed so a corrupt file fails here, not during training. Gaps in the frame numbers
   beyond `integrity`'s tolerance fail too (`integrity.IncompleteVideoError`).
   """
-  names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg")))
+  if _remote(folder):
+    from data_pipelines import storage  # pylint: disable=g-import-not-at-top
+    listed, read = storage.listdir(folder), storage.read_files
+  else:
+    listed, read = os.listdir(folder), _read_local
+  names = sorted(n for n in listed if n.lower().endswith((".jpg", ".jpeg")))
   integrity.check_complete(len(names), *integrity.folder_promise(names))
   frames, size = [], None
-  for name in names:
-    with open(os.path.join(folder, name), "rb") as f:
-      data = f.read()
+  for name, data in zip(names, read([os.path.join(folder, n) for n in names])):
     try:
       height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
       if size is None:
@@ -120,15 +125,39 @@ def load_frame_folder(folder: str, short_side: int, quality: int, fps: float) ->
   return _record(frames, fps, *(size or (0, 0)))
 
 
+def _remote(path: str) -> bool:
+  return "://" in path
+
+
+def _read_local(paths: list[str]) -> list[bytes]:
+  out = []
+  for path in paths:
+    with open(path, "rb") as f:
+      out.append(f.read())
+  return out
+
+
 def make_record(task: Task) -> tuple[dict[str, Any] | None, str | None]:
   """(record, None) on success, (None, reason) when the source cannot be decoded."""
+  local = task.source
   try:
-    if os.path.isdir(task.source):
+    if _remote(task.source):
+      from data_pipelines import storage  # pylint: disable=g-import-not-at-top
+      source = storage.path(task.source)
+      if source.is_dir():
+        record = load_frame_folder(task.source, task.short_side, task.quality, task.fps)
+      elif source.exists():
+        with storage.local_file(task.source) as local:
+          record = decode_video(local, task.short_side, task.quality)
+      else:
+        return None, "not found"
+    elif os.path.isdir(task.source):
       record = load_frame_folder(task.source, task.short_side, task.quality, task.fps)
     elif os.path.isfile(task.source):
       record = decode_video(task.source, task.short_side, task.quality)
     else:
       return None, "not found"
   except Exception as e:  # FFmpeg/libjpeg raise many types; any of them means "skip this video".
-    return None, f"{type(e).__name__}: {e}"
+    # FFmpeg names the file it opened: the source, not a temporary download of it.
+    return None, f"{type(e).__name__}: {e}".replace(local, task.source)
   return dict(record, label=task.label, video_id=task.video_id), None

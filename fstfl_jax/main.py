@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from data_pipelines import cli
+from data_pipelines import gcs
 from data_pipelines import storage
 from data_pipelines.records import reading
 from fstfl_jax.apps import experiment
@@ -78,9 +79,9 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def preflight(config: ml_collections.ConfigDict, workdir: str, mode: str) -> None:
   """The common mistakes, caught before anything slow starts (each a `cli.UserError`)."""
+  gcs.check_reachable(workdir)  # A bucket that does not answer fails here, in seconds.
   wd = storage.check_workdir(workdir)
-  reading.require_local(config.input.data_dir)
-  reading.read_info(config.input.data_dir)  # Exists and was built by data_pipelines.build.
+  reading.read_info(config.input.data_dir)  # Reachable, and built by fstfl-build.
   if mode == "eval" and not (wd / "checkpoints").is_dir():
     raise cli.UserError(f"--mode eval: no checkpoints in --workdir {workdir}; train first "
                         "(--mode train) or point --workdir at a training run.")

@@ -10,6 +10,6 @@ bash scripts/setup.sh test
 PY=${PYTHON:-python3}
 [ -x .venv-beam/bin/python ] || "$PY" -m venv .venv-beam
 .venv-beam/bin/python -m pip install -q --upgrade pip
-.venv-beam/bin/python -m pip install -q -r requirements-beam.txt
+.venv-beam/bin/python -m pip install -q -r requirements-beam-test.txt
 .venv-beam/bin/python -m pip install -q --no-deps -e .
 .venv-beam/bin/python -m pytest -q tests_beam

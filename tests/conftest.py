@@ -9,10 +9,10 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import gcs_emulator  # noqa: E402
+from gcs_emulator import gcs  # noqa: E402,F401  (the session fixture)
 os.environ.update(gcs_emulator.OFFLINE_CREDENTIALS)
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
@@ -22,20 +22,3 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Grain reads absl flags; outside absl.app.run they must be marked parsed.
 flags.FLAGS.mark_as_parsed()
-
-
-@pytest.fixture(scope="session")
-def gcs(tmp_path_factory):
-  """A GCS server on 127.0.0.1; this process's clients point at it. Yields `gs://<bucket>`."""
-  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs"))) as url:
-    env = gcs_emulator.client_env(url)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-      yield f"gs://{gcs_emulator.BUCKET}"
-    finally:
-      for k, v in saved.items():
-        if v is None:
-          os.environ.pop(k, None)
-        else:
-          os.environ[k] = v

@@ -1,9 +1,10 @@
 """A Cloud Storage server on 127.0.0.1 for the tests (fake-gcs-server, shipped in a PyPI wheel).
 
 Clients find it through the standard variables only, as they would find real GCS without them:
-`STORAGE_EMULATOR_HOST` (gcsfs, the Python clients) and `TENSORSTORE_GCS_HTTP_URL` (TensorStore,
-which Orbax uses). The credential variables keep every client away from metadata servers and
-token endpoints: no request leaves 127.0.0.1.
+`STORAGE_EMULATOR_HOST` (gcsfs, the Python clients), `CLOUD_STORAGE_EMULATOR_ENDPOINT`
+(array-record's GCS reader) and `TENSORSTORE_GCS_HTTP_URL` (TensorStore, which Orbax uses).
+The credential variables keep every client away from metadata servers and token endpoints: no
+request leaves 127.0.0.1.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import portpicker
+import pytest
 
 BUCKET = "fstfl-test"
 
@@ -35,7 +37,8 @@ OFFLINE_CREDENTIALS = dict(
 
 def client_env(url: str) -> dict[str, str]:
   """The endpoint variables for a server at `url`, plus `OFFLINE_CREDENTIALS`."""
-  return dict(OFFLINE_CREDENTIALS, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
+  return dict(OFFLINE_CREDENTIALS, STORAGE_EMULATOR_HOST=url, CLOUD_STORAGE_EMULATOR_ENDPOINT=url,
+              TENSORSTORE_GCS_HTTP_URL=url)
 
 
 @contextlib.contextmanager
@@ -63,3 +66,21 @@ def running(data_dir: str) -> Iterator[str]:
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS server on 127.0.0.1 for the session; this process's clients (and the processes it
+  starts) point at it. Yields `gs://<bucket>`."""
+  with running(str(tmp_path_factory.mktemp("gcs"))) as url:
+    env = client_env(url)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      yield f"gs://{BUCKET}"
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v

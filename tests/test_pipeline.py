@@ -121,7 +121,8 @@ def test_same_seed_same_batches_other_seed_differs(data_dir):
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
-def test_train_process_slices_are_disjoint_and_cover_each_epoch(data_dir, process_count):
+def test_train_process_blocks_are_contiguous_disjoint_and_cover_each_epoch(data_dir,
+                                                                           process_count):
   batch = 2 * process_count
   seen = []
   for p in range(process_count):
@@ -129,9 +130,12 @@ def test_train_process_slices_are_disjoint_and_cover_each_epoch(data_dir, proces
                                   process_count=process_count)
     per_process = NUM_TRAIN // process_count
     labels = np.concatenate([b["label"] for b in take(it, per_process)])  # 2 clips per batch.
-    # Two epochs of this process's slice: each epoch is a permutation of the slice.
+    # Two epochs of this process's block: each epoch is a permutation of the block, a
+    # contiguous range of the split (the 2 shards of 6 videos are the blocks of 2 processes;
+    # 3 processes cut the split by videos).
     first, second = labels[:per_process], labels[per_process:]
-    assert sorted(first) == sorted(second) == list(range(p, NUM_TRAIN, process_count))
+    block = list(range(NUM_TRAIN * p // process_count, NUM_TRAIN * (p + 1) // process_count))
+    assert sorted(first) == sorted(second) == block
     seen.append(set(first))
   assert set().union(*seen) == set(range(NUM_TRAIN))
   assert sum(map(len, seen)) == NUM_TRAIN

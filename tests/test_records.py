@@ -14,7 +14,7 @@ import simplejpeg
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from data_pipelines import convert_layout
+from data_pipelines import reshard
 from data_pipelines.records import reading
 from data_pipelines.records import schema
 from data_pipelines.records import writing
@@ -189,7 +189,7 @@ def _v1_dir(out: str, splits: dict[str, list[dict]]) -> None:
         os.path.join(out, schema.shard_name(split, shard, 2)), "group_size:1")
       for i in block:
         example = tf_example_pb2.Example()
-        for key, kind in convert_layout.V1_KINDS.items():
+        for key, kind in reshard.V1_KINDS.items():
           value = videos[i][key]
           values = value if key == "frames" else [value.encode() if key == "video_id" else value]
           getattr(example.features.feature[key], kind).value.extend(values)
@@ -213,14 +213,16 @@ def test_old_layout_is_one_clear_error_and_converts_to_the_same_clips(tmp_path):
     reading.open_split(old, "train")
   message = str(err.value)
   assert "\n" not in message and "record layout 1 (one record per video)" in message
-  assert f"python -m data_pipelines.convert_layout --src {old} --out NEW_DIR" in message
-  convert_layout.main(["--src", old, "--out", new])
-  assert convert_layout.convert(old, new) == {"train": 5, "validation": 3}  # Rerun: no-op.
+  assert f"fstfl-reshard --src {old} --out NEW_DIR" in message
+  assert reshard.main(["--src", old, "--out", new]) == 0
+  assert reshard.reshard(old, new) == {"train": 5, "validation": 3}  # Rerun: no-op.
   info = reading.read_info(new)
   assert info.class_names == CLASSES and info.settings["short_side"] == 256
   with open(os.path.join(new, "failures.jsonl")) as f:
     assert f.read() == '{"video_id": "lost"}\n'
-  for split, want in (("train", train), ("validation", val)):
+  # Train in the seeded shuffled order a build writes; validation as it was.
+  order = np.random.default_rng(0).permutation(len(train))
+  for split, want in (("train", [train[i] for i in order]), ("validation", val)):
     source = reading.open_split(new, split)
     assert list(source) == want
     for got, video in zip(source, want):  # The decoded clips are the same pixels.
@@ -238,7 +240,7 @@ def test_failed_shard_write_leaves_nothing_that_looks_finished(tmp_path):
       writer.write(_record(0))
       writer.write(bad)
   assert os.listdir(out) == []
-  assert not writing.shard_is_done(out, "train", 0, 2)
+  assert writing.finished_shards(out, "train", 2) == set()
 
 
 def test_stale_partial_is_replaced_and_incomplete_split_rejected(tmp_path):
@@ -250,9 +252,10 @@ def test_stale_partial_is_replaced_and_incomplete_split_rejected(tmp_path):
   with pytest.raises(ValueError, match=r"missing \['train\.array_record-00000-of-00002"):
     with writing.ShardWriter(out, "train", 1, 2) as writer:
       writer.write(_record(0))
-    reading.shard_paths(out, "train")
+    reading.split_shards(out, "train")
   shard = os.path.join(out, schema.shard_name("train", 1, 2))
-  assert writing.count_records(shard) == 3 and reading.read_index(shard)["video_id"] == ["vid000"]
+  assert len(np.load(schema.offsets_path(shard))) == 3  # One row per frame record.
+  assert reading.read_index(shard)["video_id"] == ["vid000"]
   assert not os.path.exists(stale)
 
 

@@ -1,31 +1,19 @@
-"""Beam build (DirectRunner) against the local builder: same bytes in every file, reruns no-op."""
+"""Beam build (DirectRunner) against the local builder: same bytes in every file, reruns no-op;
+and from a bucket to a bucket on worker processes, as a Dataflow job runs it."""
 
 import os
 
 import pytest
-import simplejpeg
 
+import build_fixtures
 from data_pipelines import beam_build
 from data_pipelines import build
 from data_pipelines.records import schema
-import video_fixtures
 
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("src"))
-  for split, count in (("train", 5), ("validation", 2)):
-    for k in range(count):
-      video_fixtures.write_video(f"{root}/{split}/c{k % 2}/v{k}.mp4", num_frames=3 + k, height=32,
-                                 width=40, seed=k)
-  folder = f"{root}/train/c1/frames9"  # A frame-folder video beside the files.
-  os.makedirs(folder)
-  for t, frame in enumerate(video_fixtures.clip(4, 24, 32, seed=9)):
-    with open(f"{folder}/{t:05d}.jpg", "wb") as f:
-      f.write(simplejpeg.encode_jpeg(frame, 90))
-  with open(f"{root}/train/c0/broken.mp4", "wb") as f:
-    f.write(b"not a video at all")
-  return root
+  return build_fixtures.make_sources(str(tmp_path_factory.mktemp("src")))
 
 
 def tree(root: str) -> dict[str, bytes]:
@@ -64,7 +52,7 @@ def test_beam_build_equals_local_build_and_reruns_are_idempotent(src, tmp_path):
   lost = schema.shard_name("train", 0, 2)
   os.remove(os.path.join(beam, lost))
   assert beam_build.main(["--dataset", "folder", "--src", src, "--out", beam, "--num_shards",
-                          "2", "--", "--runner", "DirectRunner"]) is None
+                          "2", "--", "--runner", "DirectRunner"]) == 0
   assert tree(beam) == files
   assert {n: t for n, t in shard_mtimes(beam).items() if n != lost} == {
     n: t for n, t in before.items() if n != lost}
@@ -75,3 +63,15 @@ def test_other_settings_are_refused_like_the_local_build(src, tmp_path):
   build.build("folder", src, out, workers=0, num_shards=2)
   with pytest.raises(ValueError, match=r"holds a build with different \['jpeg_quality'\]"):
     beam_build.build_beam("folder", src, out, quality=80, num_shards=2)
+
+
+def test_beam_build_from_a_bucket_to_a_bucket_on_worker_processes(src, gcs, tmp_path):
+  local = str(tmp_path / "local")
+  build.build("folder", src, local, workers=0, num_shards=2)
+  remote_src = build_fixtures.upload_tree(src, f"{gcs}/beam/src")
+  remote = f"{gcs}/beam/out"
+  got = beam_build.build_beam("folder", remote_src, remote, num_shards=2, beam_args=[
+    "--runner", "DirectRunner", "--direct_num_workers", "2", "--direct_running_mode",
+    "multi_processing"])
+  assert got.split_sizes == {"train": 6, "validation": 2} and got.shards_written == 4
+  build_fixtures.assert_same_build(local, remote)

@@ -1,43 +1,45 @@
-"""Reading shards: the data dir's metadata, shard lists and indices, random access to videos.
+"""Reading a data dir, local or `gs://`: metadata, shard indices, and each process's block.
 
-A read of a clip touches only the records of its sampled frames: `SplitSource[i]` returns the
-video's fields from the shard indices and a lazy `VideoFrames`, whose `frames[t]` reads one
-frame record, checked against the index. Each shard has its own reader per thread, so a damaged
-shard fails only its own reads, with the file and record in the message.
+On a pod every process reads only its own part of a split: a contiguous, shard-aligned block
+(`process_blocks`), the same one `fstfl-copy-data --process_index I --process_count P` copies.
+The shard list comes from the video indices (`<shard>.videos.json`, small, copied to every
+host), so a partial copy that holds this process's shards opens like a whole data dir, and one
+that lacks some says which (`open_split`). Videos keep their split-wide indices whatever block
+a process reads.
 """
 
 import bisect
+import collections
 import dataclasses
 import json
 import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from array_record.python import array_record_module
 import numpy as np
-from tensorflow_datasets.proto import tf_example_pb2
 
+from data_pipelines import gcs
 from data_pipelines import storage
 from data_pipelines.records import schema
-
-# One record at a time, no read-ahead (reads are random) and no reader thread pool.
-_READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
+from data_pipelines.records import source as source_lib
 
 
 def read_index(shard_path: str) -> dict[str, list]:
-  """The video index of a shard: columns `schema.INDEX_COLUMNS`, one entry per video in write order.
+  """The video index of a shard: columns `schema.INDEX_COLUMNS`, one entry per video.
 
   Raises:
     ValueError: the index is missing, unreadable, or its columns disagree in length.
   """
   path = schema.index_path(shard_path)
   try:
-    with open(path) as f:
-      index = json.load(f)
+    index = json.loads(storage.read_text(path))
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: cannot read the shard's video index ({e}); delete "
                      f"{os.path.basename(shard_path)} and rerun the build to rewrite both.") from e
+  return _checked_index(index, path, shard_path)
+
+
+def _checked_index(index: dict[str, list], path: str, shard_path: str) -> dict[str, list]:
   lengths = {len(index.get(column, ())) for column in schema.INDEX_COLUMNS}
   if len(lengths) != 1:
     raise ValueError(f"{path}: columns {list(schema.INDEX_COLUMNS)} must have equal lengths; "
@@ -45,32 +47,37 @@ def read_index(shard_path: str) -> dict[str, list]:
   return index
 
 
-def require_local(data_dir: str) -> None:
-  """ArrayRecord reads local files only: a `gs://` data dir is one error that names the fix."""
-  if storage.is_remote(data_dir):
-    raise storage.StorageError(
-      f"input.data_dir={data_dir}: the shards must be on local disk (ArrayRecord cannot read "
-      f"{storage.scheme(data_dir)}://). Copy them to every host with `fstfl-copy-data "
-      f"--src {data_dir} --dst /local/dir` (or mount the bucket with gcsfuse) and pass "
-      "--config.input.data_dir=/local/dir.")
+def read_indices(shard_paths: Sequence[str]) -> list[dict[str, list]]:
+  """`read_index` of every shard, fetched concurrently from a bucket."""
+  if not shard_paths or not storage.is_remote(shard_paths[0]):
+    return [read_index(p) for p in shard_paths]
+  paths = [schema.index_path(p) for p in shard_paths]
+  try:
+    texts = storage.read_files(paths)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{os.path.dirname(paths[0])}: cannot read the shards' video indices "
+                     f"({e}); rerun the build.") from e
+  return [_checked_index(json.loads(t), p, s) for t, p, s in zip(texts, paths, shard_paths)]
 
 
-def shard_paths(data_dir: str, split: str) -> list[str]:
-  """The complete, ordered shard list of a split.
+def split_shards(data_dir: str, split: str,
+                 names: Sequence[str] | None = None) -> list[str]:
+  """The complete, ordered shard list of a split, from its video indices.
+
+  `names`: the data dir's listing, when the caller has it already.
 
   Raises:
-    StorageError: `data_dir` is not on a local file system.
     ValueError: no shards, or a shard of `-of-N` missing / two different N present.
   """
-  require_local(data_dir)
-  found = {}
-  for name in os.listdir(data_dir):
-    shard = schema.parse_shard_name(name)
-    if shard and shard[0] == split:
-      found.setdefault(shard[2], set()).add(shard[1])
+  found = collections.defaultdict(set)
+  for name in storage.listdir(data_dir) if names is None else names:
+    if name.endswith(schema.INDEX_SUFFIX):
+      shard = schema.parse_shard_name(name.removesuffix(schema.INDEX_SUFFIX))
+      if shard and shard[0] == split:
+        found[shard[2]].add(shard[1])
   if not found:
     raise ValueError(f"{data_dir}: no shards for split {split!r} (expected files named "
-                     f"{schema.shard_name(split, 0, 1)!r}-style).")
+                     f"{schema.shard_name(split, 0, 1)!r}{schema.INDEX_SUFFIX}-style).")
   if len(found) > 1:
     raise ValueError(f"{data_dir}: split {split!r} has shards of different sets "
                      f"(-of-{sorted(found)}); remove the stale ones.")
@@ -81,6 +88,37 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
                      f"{[schema.shard_name(split, s, num) for s in missing[:3]]} (rerun the "
                      "build).")
   return [os.path.join(data_dir, schema.shard_name(split, s, num)) for s in range(num)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """The part of a split one process reads: whole shards, and the videos they hold."""
+  shards: range
+  videos: range
+
+
+def process_blocks(videos_per_shard: Sequence[int], process_count: int) -> list[Block]:
+  """Every process's contiguous block of a split, in process order.
+
+  With at least as many shards as processes, process p reads shards
+  [S * p // P, S * (p + 1) // P): whole shards, at most one shard more than 1/P of the split.
+  A split with fewer shards than processes (a small test or demo split) is cut by videos
+  instead, [N * p // P, N * (p + 1) // P), and a process may then share a shard with another.
+  """
+  num_shards = len(videos_per_shard)
+  starts = np.cumsum([0, *videos_per_shard]).tolist()
+  blocks = []
+  for p in range(process_count):
+    if num_shards >= process_count:
+      shards = range(num_shards * p // process_count, num_shards * (p + 1) // process_count)
+      videos = range(starts[shards.start], starts[shards.stop])
+    else:
+      videos = range(starts[-1] * p // process_count, starts[-1] * (p + 1) // process_count)
+      first = bisect.bisect_right(starts, videos.start) - 1
+      shards = (range(first, bisect.bisect_right(starts, videos.stop - 1))
+                if videos else range(first, first))
+    blocks.append(Block(shards, videos))
+  return blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +135,18 @@ class DatasetMeta:
 
 
 def read_info(data_dir: str) -> DatasetMeta:
-  """Class names and video counts per split, from the build settings (layout checked)."""
-  if not storage.path(data_dir).is_dir():
-    raise storage.StorageError(f"data dir {data_dir}: no such directory; build it with "
-                               f"`fstfl-build --dataset ... --out {data_dir}` or point "
-                               "--config.input.data_dir at a built one.")
+  """Class names and video counts per split, from the build settings (layout checked).
+
+  A `gs://` data dir is first checked to answer (`gcs.check_reachable`): a wrong endpoint or
+  missing credentials fail here in seconds.
+  """
+  gcs.check_reachable(data_dir)
   settings_path = storage.path(data_dir) / schema.SETTINGS_FILE
   if not settings_path.exists():
+    if not storage.path(data_dir).is_dir():
+      raise storage.StorageError(f"data dir {data_dir}: no such directory; build it with "
+                                 f"`fstfl-build --dataset ... --out {data_dir}` or point "
+                                 "--config.input.data_dir at a built one.")
     raise storage.StorageError(f"{settings_path}: missing; is {data_dir} a data dir built by "
                                "data_pipelines.build (fstfl-build)?")
   settings = storage.read_json(settings_path)
@@ -112,155 +155,64 @@ def read_info(data_dir: str) -> DatasetMeta:
                      split_sizes=dict(settings["split_sizes"]), settings=settings)
 
 
-class VideoFrames(Sequence):
-  """The JPEG frames of one video, each read from its shard on access (`frames[t]` -> bytes).
+def open_split(data_dir: str, split: str, *, process_index: int = 0,
+               process_count: int = 1) -> source_lib.SplitSource:
+  """Random-access videos of `split`; `source.block` is what process `process_index` reads.
 
-  Compares equal to any sequence of the same bytes (`list(frames)` reads them all).
+  The data dir may be a partial copy (`fstfl-copy-data --process_index`): it needs every video
+  index and this process's shards only.
+
+  Raises:
+    ValueError: the split is missing or incomplete, or this process's shards are absent (the
+      message names them and the copy command that fetches them).
   """
-
-  def __init__(self, source: "SplitSource", video: int):
-    self._source = source
-    self._video = video
-    self._len = int(source.index["num_frames"][video])
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, t: int) -> bytes:
-    if not -self._len <= t < self._len:
-      raise IndexError(f"frame {t} out of range for {self._len} frames.")
-    return self._source.frame(self._video, int(t) % self._len)
-
-  def __eq__(self, other: Any) -> bool:
-    return isinstance(other, Sequence) and list(self) == list(other)
-
-  def __repr__(self) -> str:
-    return f"VideoFrames({self._len} frames of video {self._video})"
-
-
-class SplitSource(Sequence):
-  """Random access to the videos of one split: `len()`, `[i]` -> dict (`schema.SCHEMA` keys).
-
-  `frames` is a `VideoFrames`: only the frames a caller indexes are read, one record each.
-  Pickles as (paths, index) and reopens the files lazily, one reader per shard and thread, so
-  it can be handed to grain reader threads and worker processes.
-  """
-
-  def __init__(self, paths: Sequence[str], indices: Sequence[dict[str, list]],
-               num_classes: int):
-    self.paths = list(paths)
-    self.num_classes = num_classes
-    self.index = {c: np.concatenate([np.asarray(ix[c]) for ix in indices])
-                  for c in schema.INDEX_COLUMNS}
-    self.index["video_id"] = self.index["video_id"].astype(str)
-    self._ids = [v.encode() for v in self.index["video_id"]]  # As stored in the frame records.
-    counts = [len(ix["video_id"]) for ix in indices]
-    self._starts = np.cumsum([0, *counts]).tolist()
-    # First frame record of every video inside its shard.
-    self._first = np.concatenate([np.cumsum([0, *ix["num_frames"][:-1]]) if ix["num_frames"]
-                                  else np.zeros(0, np.int64) for ix in indices]).astype(np.int64)
-    self._local = threading.local()
-    self._check_index()
-
-  def _check_index(self) -> None:
-    for column, limit in (("label", self.num_classes), ("num_frames", None)):
-      values = self.index[column]
-      bad = np.flatnonzero((values < 0) | (values >= limit) if limit else values < 1)
-      if bad.size:
-        i = int(bad[0])
-        shard, video = self._locate(i)
-        raise ValueError(f"{schema.index_path(self.paths[shard])} video {video}"
-                         f": key {column!r} is {values[i]}, expected "
-                         + (f"0..{limit - 1}." if limit else ">= 1."))
-
-  def __len__(self) -> int:
-    return self._starts[-1]
-
-  def _locate(self, index: int) -> tuple[int, int]:
-    """(shard, video index inside the shard) of split video `index`."""
-    shard = bisect.bisect_right(self._starts, index) - 1
-    return shard, index - self._starts[shard]
-
-  def _reader(self, shard: int) -> array_record_module.ArrayRecordReader:
-    readers = self._local.__dict__.setdefault("readers", {})
-    if shard not in readers:
-      readers[shard] = array_record_module.ArrayRecordReader(self.paths[shard], _READER_OPTIONS)
-    return readers[shard]
-
-  def _read(self, shard: int, record: int) -> bytes:
-    """Stored bytes of one record; a damaged shard raises naming the file and record.
-
-    One reader per shard: one damaged shard must not fail reads of the others, and Riegeli's
-    error names no file or record.
-    """
-    try:
-      reader = self._reader(shard)
-      reader.seek(record)
-      return reader.read()
-    except Exception as e:  # Riegeli raises bare RuntimeErrors, often without a message.
-      self._local.__dict__.get("readers", {}).pop(shard, None)  # Reopen after a failure.
-      detail = " ".join(f"{type(e).__name__}: {e}".split()).rstrip(": ")
-      raise ValueError(f"{self.paths[shard]} record {record}: cannot read it ({detail}); the "
-                       "shard file is damaged: delete it and rerun the build to rewrite it.") from e
-
-  def record_of(self, video: int, t: int) -> tuple[int, int]:
-    """(shard, record index in the shard file) of frame `t` of split video `video`."""
-    return bisect.bisect_right(self._starts, video) - 1, int(self._first[video]) + t
-
-  def frame(self, video: int, t: int) -> bytes:
-    """JPEG bytes of frame `t` of split video `video`, checked against the video index."""
-    shard, record = self.record_of(video, t)
-    data = self._read(shard, record)
-    try:
-      feature = tf_example_pb2.Example.FromString(data).features.feature
-    except Exception as e:  # protobuf raises its own DecodeError type.
-      raise ValueError(f"{self.paths[shard]} record {record}: not a serialized tf.train.Example "
-                       f"({e}).") from e
-    ids, frames = feature["video_id"].bytes_list.value, feature["frame"].int64_list.value
-    jpeg = feature["jpeg"].bytes_list.value
-    if not (len(ids) == 1 == len(frames) and ids[0] == self._ids[video] and frames[0] == t):
-      raise ValueError(f"{self.paths[shard]} record {record}: holds (video_id, frame) "
-                       f"({list(ids)}, {list(frames)}), expected {self._ids[video]!r}, {t} from "
-                       f"{os.path.basename(schema.index_path(self.paths[shard]))} video "
-                       f"{video - self._starts[shard]}; the shard and its index disagree: delete "
-                       "the shard and rerun the build.")
-    jpeg = jpeg[0] if len(jpeg) == 1 else None
-    if jpeg is None or not (jpeg.startswith(schema.JPEG_SOI) and jpeg.endswith(schema.JPEG_EOI)):
-      schema.check_jpeg(jpeg, f"{self.paths[shard]} record {record}: key 'jpeg'")
-    return jpeg
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    if not -len(self) <= index < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)} records.")
-    index = int(index) % len(self)
-    ix = self.index
-    return dict(frames=VideoFrames(self, index), label=int(ix["label"][index]),
-                video_id=str(ix["video_id"][index]), fps=float(ix["fps"][index]),
-                height=int(ix["height"][index]), width=int(ix["width"][index]),
-                num_frames=int(ix["num_frames"][index]))
-
-  def __iter__(self) -> Iterator[dict[str, Any]]:
-    return (self[i] for i in range(len(self)))
-
-  def __getstate__(self) -> dict[str, Any]:
-    return {k: v for k, v in self.__dict__.items() if k != "_local"}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__dict__.update(state, _local=threading.local())
-
-  def __repr__(self) -> str:
-    return f"SplitSource({len(self)} videos in {len(self.paths)} shards)"
-
-
-def open_split(data_dir: str, split: str) -> SplitSource:
-  """Random-access videos of `split` in `data_dir` (shard order, then write order)."""
   info = read_info(data_dir)
   if split not in info.split_sizes:
     raise ValueError(f"{data_dir}: no split {split!r}; has {sorted(info.split_sizes)}.")
-  paths = shard_paths(data_dir, split)
-  source = SplitSource(paths, [read_index(p) for p in paths], info.num_classes)
+  names = storage.listdir(data_dir)
+  paths = split_shards(data_dir, split, names)
+  indices = read_indices(paths)
+  block = process_blocks([len(ix["video_id"]) for ix in indices],
+                         process_count)[process_index]
+  present = set(names)
+  missing = [os.path.basename(paths[s]) for s in block.shards
+             if os.path.basename(paths[s]) not in present]
+  if missing:
+    raise ValueError(
+      f"{data_dir}: split {split!r} for process {process_index} of {process_count} needs "
+      f"{len(block.shards)} shard(s), of which {len(missing)} are missing ({missing[:3]}"
+      f"{' ...' if len(missing) > 3 else ''}); copy them with `fstfl-copy-data --src <bucket "
+      f"data dir> --dst {data_dir} --process_index {process_index} --process_count "
+      f"{process_count}`.")
+  offsets = [os.path.basename(schema.offsets_path(p)) in present for p in paths]
+  source = source_lib.SplitSource(paths, indices, info.num_classes, block=block.videos,
+                                  offset_files=offsets)
   if len(source) != info.split_sizes[split]:
     raise ValueError(f"{data_dir}: {schema.SETTINGS_FILE} lists {info.split_sizes[split]} "
                      f"videos for {split!r} but the shard indices hold {len(source)}; rerun the "
                      "build to rewrite the metadata.")
   return source
+
+
+def class_skew(labels: np.ndarray, blocks: Sequence[Block], num_classes: int) -> float:
+  """The largest total-variation distance between a block's class mix and the split's.
+
+  0: every block holds every class in proportion; 1 - 1/P: P blocks of disjoint classes (a split
+  written class by class).
+  """
+  overall = np.bincount(labels, minlength=num_classes) / max(1, len(labels))
+  worst = 0.0
+  for block in blocks:
+    if len(block.videos):
+      mix = np.bincount(labels[block.videos.start:block.videos.stop],
+                        minlength=num_classes) / len(block.videos)
+      worst = max(worst, 0.5 * float(np.abs(mix - overall).sum()))
+  return worst
+
+
+def shuffled_skew(labels: np.ndarray, blocks: Sequence[Block], num_classes: int,
+                  draws: int = 5) -> float:
+  """`class_skew` that a seeded shuffle of the same labels gives (mean of `draws` orders)."""
+  rng = np.random.default_rng(0)
+  return float(np.mean([class_skew(rng.permutation(labels), blocks, num_classes)
+                        for _ in range(draws)]))

@@ -14,7 +14,7 @@ Record layout 2: one record per **frame**, a `tf.train.Example` proto in TFDS's 
 A video's frames are consecutive records of one shard. Each shard has a video index beside it,
 `<shard>.videos.json` (columns video_id, label, num_frames, fps, height, width, in write order),
 so a read of a clip touches only the records of its sampled frames. `build_settings.json`
-carries `record_layout`; older data dirs fail with one line naming `data_pipelines.convert_layout`.
+carries `record_layout`; older data dirs fail with one line naming `fstfl-reshard`.
 
 Frames are opaque bytes, not `tfds.features.Video`/`Image`: those need TensorFlow, or decode every
 frame on read; here decoding is left to the input pipeline (simplejpeg).
@@ -23,11 +23,15 @@ Layout of a data dir (TFDS naming, so `tfds.builder_from_directory(d).as_data_so
 reads the frame records without TensorFlow):
 
   <split>.array_record-00000-of-000NN  one ArrayRecord file per shard, `group_size:1`, uncompressed
-  <split>.array_record-00000-of-000NN.videos.json  its video index
+  <split>.array_record-00000-of-000NN.videos.json   its video index
+  <split>.array_record-00000-of-000NN.offsets.npy   where each record lies in the file
   dataset_info.json, features.json, label.labels.txt  TFDS metadata (class names, frame counts)
-  build_settings.json                  how the shards were made, video counts per split
+  build_settings.json                  how the shards were made, video counts per split, the
+                                       train order (a seeded shuffle: every block of the split
+                                       holds every class in proportion)
 
-Writing lives in `records.writing`, reading in `records.reading`; both speak this module's names.
+Writing lives in `records.writing`, reading in `records.reading` and `records.source`; all speak
+this module's names.
 Design notes: docs/data.md.
 """
 
@@ -43,7 +47,13 @@ FILE_FORMAT = "array_record"
 SHARD_TEMPLATE = "{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 SETTINGS_FILE = "build_settings.json"
 INDEX_SUFFIX = ".videos.json"
+# Beside each shard: int64 [records, 2], (logical start, length) of every record
+# (`records.offsets`), for bounded range reads from a bucket.
+OFFSETS_SUFFIX = ".offsets.npy"
 PARTIAL_DIR = ".partial"
+# In build_settings.json: {"shuffle_seed": s} when the train split is written in a seeded
+# shuffled order (absent in data dirs built before: annotation order, often grouped by class).
+TRAIN_ORDER = "train_order"
 
 # Video-level key -> Python type, as written to shards (and `frames`: a list of JPEG bytes).
 SCHEMA = {
@@ -102,6 +112,10 @@ def index_path(shard_path: str) -> str:
   return shard_path + INDEX_SUFFIX
 
 
+def offsets_path(shard_path: str) -> str:
+  return shard_path + OFFSETS_SUFFIX
+
+
 def validate_record(record: dict[str, Any], where: str) -> dict[str, Any]:
   """Checks keys, types and JPEG framing of a video dict (see `SCHEMA`); returns it normalised.
 
@@ -158,6 +172,5 @@ def check_layout(data_dir: str, settings: dict[str, Any]) -> None:
   if found != LAYOUT:
     raise LayoutError(
       f"{data_dir}: record layout {found} ({'one record per video' if found == 1 else 'unknown'})"
-      f", this version reads layout {LAYOUT} (one record per frame); convert it with `python -m "
-      f"data_pipelines.convert_layout --src {data_dir} --out NEW_DIR` or rebuild it with "
-      "fstfl-build.")
+      f", this version reads layout {LAYOUT} (one record per frame); convert it with "
+      f"`fstfl-reshard --src {data_dir} --out NEW_DIR` or rebuild it with fstfl-build.")

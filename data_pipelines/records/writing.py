@@ -7,22 +7,31 @@ and decides itself which record lands in which shard, so a killed build restarts
 Writing the shards ourselves keeps generation order (`source[i]` is the i-th written video) and
 lets a build resume shard by shard.
 
-Shards are written to `.partial/<name>` and renamed into place when complete (after their video
-index), so a file matching the shard pattern is always a finished shard; reruns skip them.
-Videos go to shards in contiguous, deterministic blocks (`shard_ranges`), which is what makes
-resuming correct.
+A shard is written to a local staging file (`.partial/<name>` beside a local data dir, a
+temporary directory for a bucket), then its video index and record offsets
+(`records.offsets`) are put in place, and the shard itself last: a local rename, or one upload,
+which appears complete or not at all. A file matching the shard pattern is therefore always a
+finished shard with its index, and reruns skip it. Videos go to shards in contiguous,
+deterministic blocks (`shard_ranges`), which is what makes resuming correct.
 """
 
+import io
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from array_record.python import array_record_module
+import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
+from tensorflow_datasets.proto import tf_example_pb2
 
+from data_pipelines import storage
+from data_pipelines.records import offsets as offsets_lib
 from data_pipelines.records import reading
 from data_pipelines.records import schema
 
@@ -41,38 +50,49 @@ def shard_ranges(num_records: int, num_shards: int) -> list[range]:
   return [range(bounds[s], bounds[s + 1]) for s in range(num_shards)]
 
 
-def shard_is_done(out_dir: str, split: str, shard: int, num_shards: int) -> bool:
-  """A shard file under its final name is complete by construction (atomic rename)."""
-  return os.path.exists(os.path.join(out_dir, schema.shard_name(split, shard, num_shards)))
+def finished_shards(out_dir: str, split: str, num_shards: int) -> set[int]:
+  """Shards of `split` (of `num_shards`) complete in `out_dir`: one listing, local or bucket.
 
-
-def _write_json(path: str, value: Any) -> None:
-  """Atomic: a reader sees the old file or the complete new one."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f)
-  os.replace(path + ".tmp", path)
+  A shard file under its final name is complete by construction (written last, atomically).
+  """
+  if not storage.path(out_dir).exists():
+    return set()
+  done = set()
+  for name in storage.listdir(out_dir):
+    shard = schema.parse_shard_name(name)
+    if shard and shard[0] == split and shard[2] == num_shards:
+      done.add(shard[1])
+  return done
 
 
 class ShardWriter:
-  """Writes one shard (and its video index) under temporary names; renames only on a clean exit.
+  """Writes one shard, its video index and its record offsets; publishes only on a clean exit.
 
-  Usage: `with ShardWriter(out, "train", 3, 16) as w: w.write(video)`. A stale temporary file
-  from a killed run is overwritten; an exception inside the block deletes the temporary file.
-  The index is renamed into place before the shard, so a finished shard always has its index.
+  Usage: `with ShardWriter(out, "train", 3, 16) as w: w.write(video)`, with `out` a local
+  directory or a `gs://` URL. A stale staging file from a killed run is overwritten; an
+  exception inside the block deletes the staging file and publishes nothing.
   """
 
   def __init__(self, out_dir: str, split: str, shard: int, num_shards: int):
-    self.path = os.path.join(out_dir, schema.shard_name(split, shard, num_shards))
-    self.tmp_path = os.path.join(out_dir, schema.PARTIAL_DIR, os.path.basename(self.path))
+    self.path = os.path.join(os.fspath(out_dir), schema.shard_name(split, shard, num_shards))
+    self._remote = storage.is_remote(out_dir)
     self.count = 0
     self.index = {column: [] for column in schema.INDEX_COLUMNS}
     self._features = schema.features()
     self._writer = None
+    self._staging = None
+    self.tmp_path = ""
 
   def __enter__(self) -> "ShardWriter":
-    os.makedirs(os.path.dirname(self.tmp_path), exist_ok=True)
-    if os.path.exists(self.tmp_path):
-      os.remove(self.tmp_path)
+    if self._remote:
+      self._staging = tempfile.mkdtemp(prefix="fstfl_shard_")
+      self.tmp_path = os.path.join(self._staging, os.path.basename(self.path))
+    else:
+      self.tmp_path = os.path.join(os.path.dirname(self.path), schema.PARTIAL_DIR,
+                                   os.path.basename(self.path))
+      os.makedirs(os.path.dirname(self.tmp_path), exist_ok=True)
+      if os.path.exists(self.tmp_path):
+        os.remove(self.tmp_path)
     self._writer = array_record_module.ArrayRecordWriter(self.tmp_path, WRITER_OPTIONS)
     return self
 
@@ -81,22 +101,43 @@ class ShardWriter:
     record = schema.validate_record(record, f"{os.path.basename(self.path)} record {self.count}")
     video = {k: v for k, v in record.items() if k != "frames"}
     for t, jpeg in enumerate(record["frames"]):
-      self._writer.write(self._features.serialize_example(dict(video, jpeg=jpeg, frame=t)))
+      example = self._features.serialize_example(dict(video, jpeg=jpeg, frame=t))
+      # TFDS serialises the feature map in a per-process hash order; sorted keys make a shard
+      # the same bytes whichever process (a build worker, a Beam worker) writes it.
+      self._writer.write(tf_example_pb2.Example.FromString(example).SerializeToString(
+        deterministic=True))
     for column in schema.INDEX_COLUMNS:
       self.index[column].append(record[column])
     self.count += 1
 
+  def _publish(self) -> None:
+    """Index, offsets, then the shard: a visible shard always has the other two."""
+    index = json.dumps(dict(record_layout=schema.LAYOUT, **self.index)).encode()
+    table = offsets_lib.locate(self.tmp_path)
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    storage.write_bytes(schema.index_path(self.path), index)
+    storage.write_bytes(schema.offsets_path(self.path), buffer.getvalue())
+    if self._remote:
+      storage.copy_file(self.tmp_path, self.path)
+    else:
+      os.replace(self.tmp_path, self.path)
+
   def __exit__(self, exc_type, exc, tb) -> None:
     self._writer.close()
-    if exc_type is None:
-      _write_json(schema.index_path(self.path), dict(record_layout=schema.LAYOUT, **self.index))
-      os.replace(self.tmp_path, self.path)
-    else:
-      os.remove(self.tmp_path)
     try:
-      os.rmdir(os.path.dirname(self.tmp_path))
-    except OSError:  # Another shard is still being written there.
-      pass
+      if exc_type is None:
+        self._publish()
+    finally:
+      if self._staging is not None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+      elif os.path.exists(self.tmp_path):
+        os.remove(self.tmp_path)
+      if not self._remote:
+        try:
+          os.rmdir(os.path.dirname(self.tmp_path))
+        except OSError:  # Another shard is still being written there.
+          pass
 
 
 def write_split(out_dir: str, split: str, records: Iterable[dict[str, Any]],
@@ -108,11 +149,12 @@ def write_split(out_dir: str, split: str, records: Iterable[dict[str, Any]],
   """
   records = list(records)
   num_shards = min(num_shards, max(1, len(records)))
-  os.makedirs(out_dir, exist_ok=True)
+  storage.path(out_dir).mkdir(parents=True, exist_ok=True)
+  done = finished_shards(out_dir, split, num_shards)
   lengths = []
   for shard, block in enumerate(shard_ranges(len(records), num_shards)):
-    path = os.path.join(out_dir, schema.shard_name(split, shard, num_shards))
-    if shard_is_done(out_dir, split, shard, num_shards):
+    if shard in done:
+      path = os.path.join(os.fspath(out_dir), schema.shard_name(split, shard, num_shards))
       lengths.append(len(reading.read_index(path)["video_id"]))
       continue
     with ShardWriter(out_dir, split, shard, num_shards) as writer:
@@ -122,45 +164,48 @@ def write_split(out_dir: str, split: str, records: Iterable[dict[str, Any]],
   return lengths
 
 
-def count_records(path: str) -> int:
-  """Records (frames) in one shard file."""
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return reader.num_records()
-  finally:
-    reader.close()
-
-
 def write_metadata(out_dir: str, class_names: Sequence[str], splits: Sequence[str],
                    settings: dict[str, Any], dataset_name: str = "videos") -> dict[str, int]:
-  """Writes TFDS metadata and `build_settings.json`; split sizes are counted from the shards.
+  """Writes TFDS metadata and `build_settings.json` (local or bucket); sizes from the indices.
 
-  TFDS's split sizes and shard lengths count frame records; `build_settings.json` holds the
-  video counts (`split_sizes`) and the record layout.
+  TFDS's split sizes and shard lengths count frame records (the sum of each index's frame
+  counts, which is what the shard holds); `build_settings.json` holds the video counts
+  (`split_sizes`) and the record layout. The TFDS files are written to a local directory first
+  (where empty files stand for the shards: TFDS reads only their names) and then copied, so
+  TFDS never writes to a bucket itself.
 
   Returns:
     {split: number of videos}.
   """
-  template = naming.ShardedFileTemplate(
-    data_dir=out_dir, template=schema.SHARD_TEMPLATE, dataset_name=dataset_name,
-    filetype_suffix=schema.FILE_FORMAT)
+  out_dir = os.fspath(out_dir)
+  names = storage.listdir(out_dir)
   split_infos, sizes = [], {}
-  for split in splits:
-    paths = reading.shard_paths(out_dir, split)
-    sizes[split] = sum(len(reading.read_index(p)["video_id"]) for p in paths)
-    split_infos.append(splits_lib.SplitInfo(
-      name=split, shard_lengths=[count_records(p) for p in paths],
-      num_bytes=sum(os.path.getsize(p) for p in paths), filename_template=template))
-  settings = dict(settings, class_names=list(class_names), split_sizes=sizes,
-                  record_layout=schema.LAYOUT)
-  tfds.folder_dataset.write_metadata(
-    data_dir=out_dir, features=schema.features(class_names), split_infos=split_infos,
-    filename_template=template, version=f"{schema.LAYOUT}.0.0",
-    check_data=False,  # The check reads through tf.data, which needs TensorFlow.
-    description="Video frames (JPEG, one record per frame; videos listed in <shard>"
-                f"{schema.INDEX_SUFFIX}) built by data_pipelines.build. Build settings: "
-                + json.dumps({k: v for k, v in settings.items() if k != "class_names"},
-                             sort_keys=True))
-  with open(os.path.join(out_dir, schema.SETTINGS_FILE), "w") as f:
-    json.dump(settings, f, indent=2, sort_keys=True)
+  with tempfile.TemporaryDirectory(prefix="fstfl_meta_") as local:
+    template = naming.ShardedFileTemplate(
+      data_dir=local, template=schema.SHARD_TEMPLATE, dataset_name=dataset_name,
+      filetype_suffix=schema.FILE_FORMAT)
+    for split in splits:
+      paths = reading.split_shards(out_dir, split, names)
+      indices = reading.read_indices(paths)
+      for p in paths:
+        open(os.path.join(local, os.path.basename(p)), "wb").close()
+      sizes[split] = sum(len(ix["video_id"]) for ix in indices)
+      split_infos.append(splits_lib.SplitInfo(
+        name=split, shard_lengths=[int(sum(ix["num_frames"])) for ix in indices],
+        num_bytes=sum(storage.size(p) for p in paths), filename_template=template))
+    settings = dict(settings, class_names=list(class_names), split_sizes=sizes,
+                    record_layout=schema.LAYOUT)
+    tfds.folder_dataset.write_metadata(
+      data_dir=local, features=schema.features(class_names), split_infos=split_infos,
+      filename_template=template, version=f"{schema.LAYOUT}.0.0",
+      check_data=False,  # The check reads through tf.data, which needs TensorFlow.
+      description="Video frames (JPEG, one record per frame; videos listed in <shard>"
+                  f"{schema.INDEX_SUFFIX}) built by data_pipelines.build. Build settings: "
+                  + json.dumps({k: v for k, v in settings.items() if k != "class_names"},
+                               sort_keys=True))
+    for name in sorted(os.listdir(local)):
+      if schema.parse_shard_name(name) is None:
+        storage.copy_file(os.path.join(local, name), os.path.join(out_dir, name))
+  storage.write_text(os.path.join(out_dir, schema.SETTINGS_FILE),
+                     json.dumps(settings, indent=2, sort_keys=True))
   return sizes

@@ -14,15 +14,24 @@ and raises one `ConsistencyError` with a line per mismatch, each naming both val
 `--config` flag that fixes it. `config.train.num_train_examples` = 0 (the dataset configs'
 default; the published sizes stay in `configs/<dataset>.py` as documentation) becomes the train
 split's real size; a value set on purpose is kept, with a warning when it differs.
+
+With several processes each reads a contiguous block of the train split. A data dir built
+before the train split was written in a shuffled order has blocks of a few classes each; that
+is checked from the shard indices (`reading.class_skew` against a shuffled order's) and named
+with the command that fixes it: a warning with global BatchNorm (every global batch still holds
+every process's block), an error with ghost BatchNorm (`model.bn_group_size`), whose statistics
+would come from a few classes.
 """
 
 from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from data_pipelines import cli
 from data_pipelines.records import reading
+from data_pipelines.records import schema
 from fstfl_jax.evaluation import protocols
 
 
@@ -43,14 +52,40 @@ def _needed_splits(config: ml_collections.ConfigDict, train: bool,
   return splits
 
 
-def _stored_short_side(data_dir: str, split: str) -> tuple[int, str]:
-  """min(height, width) of the split's first record, and where it was read."""
-  record = reading.open_split(data_dir, split)[0]
-  return min(record["height"], record["width"]), f"split {split!r} record 0"
+def _stored_short_side(data_dir: str, split: str, process_index: int,
+                       process_count: int) -> tuple[int, str]:
+  """min(height, width) of the first record this process reads, and where it was read."""
+  source = reading.open_split(data_dir, split, process_index=process_index,
+                              process_count=process_count)
+  first = source.block.start if len(source.block) else 0
+  record = source[first]
+  return min(record["height"], record["width"]), f"split {split!r} record {first}"
+
+
+def block_skew(config: ml_collections.ConfigDict, meta: reading.DatasetMeta,
+               process_count: int) -> str | None:
+  """The warning for a train split whose per-process blocks are class-skewed, or None."""
+  if process_count < 2 or schema.TRAIN_ORDER in meta.settings:
+    return None
+  split = config.input.train_split
+  paths = reading.split_shards(meta.data_dir, split)
+  indices = reading.read_indices(paths)
+  labels = np.concatenate([np.asarray(ix["label"], np.int64) for ix in indices])
+  blocks = reading.process_blocks([len(ix["label"]) for ix in indices], process_count)
+  observed = reading.class_skew(labels, blocks, meta.num_classes)
+  shuffled = reading.shuffled_skew(labels, blocks, meta.num_classes)
+  if observed <= 2 * shuffled + 0.05:
+    return None
+  return (f"{meta.data_dir} split {split!r} is in annotation order (built before training "
+          f"splits were shuffled): the {process_count} processes' blocks hold classes out of "
+          f"proportion (a block's class mix is {observed:.0%} away from the split's, a shuffled "
+          f"order's {shuffled:.0%}); rewrite it with `fstfl-reshard --src {meta.data_dir} "
+          "--out NEW_DIR` and train on NEW_DIR")
 
 
 def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, train: bool,
-               eval_protocols: Sequence[str] = ()) -> list[str]:
+               eval_protocols: Sequence[str] = (), process_index: int = 0,
+               process_count: int = 1) -> list[str]:
   """One line per disagreement between `config` and the data dir described by `meta`."""
   data_dir, model, inp = meta.data_dir, config.model, config.input
   out = []
@@ -71,7 +106,7 @@ def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, 
       out.append(f"config.{flag}={split!r} but {data_dir} has splits "
                  f"{sorted(meta.split_sizes)}; fix with --config.{flag}=<one of them>")
   for split in present[:1]:
-    short, where = _stored_short_side(data_dir, split)
+    short, where = _stored_short_side(data_dir, split, process_index, process_count)
     if inp.crop_size > short:
       out.append(f"config.input.crop_size={inp.crop_size} but the frames stored in {data_dir} "
                  f"have a short side of {short} ({where}); fix with "
@@ -80,21 +115,24 @@ def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, 
   return out
 
 
-def for_training(config: ml_collections.ConfigDict,
-                 with_eval: bool) -> ml_collections.ConfigDict:
+def for_training(config: ml_collections.ConfigDict, with_eval: bool, *, process_index: int = 0,
+                 process_count: int = 1) -> ml_collections.ConfigDict:
   """`check` for a training run (plus its in-training validation protocol when `with_eval`)."""
   names = (protocols.training_protocol(config),) if with_eval else ()
-  return check(config, train=True, eval_protocols=names)
+  return check(config, train=True, eval_protocols=names, process_index=process_index,
+               process_count=process_count)
 
 
 def check(config: ml_collections.ConfigDict, *, train: bool,
-          eval_protocols: Sequence[str] = ()) -> ml_collections.ConfigDict:
+          eval_protocols: Sequence[str] = (), process_index: int = 0,
+          process_count: int = 1) -> ml_collections.ConfigDict:
   """Checks `config` against `config.input.data_dir`; returns it with the train size resolved.
 
   Args:
     config: the full config.
     train: the run trains (checks the train split and resolves `train.num_train_examples`).
     eval_protocols: names in `config.evals` the run evaluates (their splits are checked).
+    process_index, process_count: this process and the job's processes (each reads a block).
 
   Returns:
     A copy of `config` whose `train.num_train_examples` is the train split's size when it was 0.
@@ -103,7 +141,15 @@ def check(config: ml_collections.ConfigDict, *, train: bool,
     ConsistencyError: listing every mismatch (see the module docstring).
   """
   meta = reading.read_info(config.input.data_dir)
-  problems = mismatches(config, meta, train=train, eval_protocols=eval_protocols)
+  problems = mismatches(config, meta, train=train, eval_protocols=eval_protocols,
+                        process_index=process_index, process_count=process_count)
+  skew = block_skew(config, meta, process_count) if train and not problems else None
+  if skew and config.model.bn_group_size:
+    problems.append(f"{skew}: with config.model.bn_group_size="
+                    f"{config.model.bn_group_size} the BatchNorm statistics of a group would "
+                    "come from a few classes")
+  elif skew:
+    logging.warning("%s.", skew)
   if problems:
     raise ConsistencyError("The config does not fit the data dir "
                            f"{config.input.data_dir}:\n  " + "\n  ".join(problems))

@@ -7,11 +7,9 @@ crops). A file that was ingested into the data dir therefore yields bit-identica
 the same prediction, as its record in the eval pipeline.
 """
 
-import contextlib
 import dataclasses
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -80,23 +78,6 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   return out
 
 
-@contextlib.contextmanager
-def _local_copy(path: str) -> Iterator[str]:
-  """A local file for the decoder: `path` itself, or a temporary download of a `gs://` file."""
-  if not storage.is_remote(path):
-    yield path
-    return
-  try:
-    data = storage.path(path).read_bytes()
-  except OSError as e:
-    raise VideoError(f"{path}: cannot read ({type(e).__name__}: {e}).") from None
-  suffix = os.path.splitext(path)[1]
-  with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-    f.write(data)
-    f.flush()
-    yield f.name
-
-
 def load_views(path: str, input_cfg: ml_collections.ConfigDict, *, clips: int, crops: int,
                settings: DecodeSettings = DecodeSettings()) -> np.ndarray:
   """Decodes `path` (a video file or a frame folder) into its test views.
@@ -115,10 +96,10 @@ def load_views(path: str, input_cfg: ml_collections.ConfigDict, *, clips: int, c
   Raises:
     VideoError: naming `path`, when it cannot be decoded or has no frames.
   """
-  with _local_copy(path) as local:
-    task = video_decode.Task(local, label=0, video_id=path, short_side=settings.short_side,
-                             quality=settings.quality)
-    record, reason = video_decode.make_record(task)
+  # The builder's own decoder, which also fetches a file or frame folder from a bucket.
+  task = video_decode.Task(path, label=0, video_id=path, short_side=settings.short_side,
+                           quality=settings.quality)
+  record, reason = video_decode.make_record(task)
   if record is None:
     raise VideoError(f"{path}: cannot decode ({reason}).")
   try:

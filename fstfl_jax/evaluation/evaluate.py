@@ -173,7 +173,8 @@ def run_protocol(config: ml_collections.ConfigDict, name: str, eval_step: Callab
   """
   clips, crops = protocols.protocol_views(config, name)
   input_cfg = protocols.protocol_input(config, name)
-  num_batches = pipeline.num_eval_batches(input_cfg, process_count=jax.process_count())
+  num_batches = pipeline.num_eval_batches(input_cfg, process_index=jax.process_index(),
+                                          process_count=jax.process_count())
   eval_iter = pipeline.make_eval_iter(
     input_cfg, process_index=jax.process_index(), process_count=jax.process_count(),
     clips=clips, crops=crops)
