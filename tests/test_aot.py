@@ -10,8 +10,11 @@ import pytest
 
 from configs import demo
 from data_pipelines import transforms
+from data_pipelines import cli
 from fstfl_jax.models import correlation
-from fstfl_jax.tools import aot  # Before any TPU client starts: sets the libtpu environment.
+from fstfl_jax.tools import aot
+from fstfl_jax.tools import compile_steps  # Sets the libtpu environment before a client starts.
+from fstfl_jax.tools import host_cost
 from fstfl_jax.tools import model_info
 from fstfl_jax.tools import roofline
 
@@ -98,18 +101,18 @@ def test_max_batch_when_nothing_fits():
 
 
 def test_stored_frame_flag():
-  assert aot.parse_frame_size("256x340") == (256, 340)
-  with pytest.raises(aot.cli.UserError, match=r"--stored_frame '256'.*HEIGHTxWIDTH"):
-    aot.parse_frame_size("256")
+  assert compile_steps.parse_frame_size("256x340") == (256, 340)
+  with pytest.raises(cli.UserError, match=r"--stored_frame '256'.*HEIGHTxWIDTH"):
+    compile_steps.parse_frame_size("256")
 
 
 def test_compile_logs_what_it_compiles_and_how_long_it_took(caplog):
   """Full-model compiles take minutes each (several for --max_batch): each says so."""
-  mesh = aot.topology_mesh("v5e:2x2")
+  mesh = compile_steps.topology_mesh("v5e:2x2")
   x = jax.ShapeDtypeStruct((8, 128), jnp.float32,
                            sharding=jax.sharding.NamedSharding(mesh, jax.P("data")))
   with caplog.at_level(logging.INFO):
-    compiled, error = aot.aot_compile(jax.jit(lambda v: 2 * v), mesh, x, what="tiny step")
+    compiled, error = compile_steps.aot_compile(jax.jit(lambda v: 2 * v), mesh, x, what="tiny step")
   assert compiled is not None and error == ""
   assert "Compiling the tiny step for 4 TPU chips" in caplog.text
   assert re.search(r"Compiled the tiny step in \d+ s", caplog.text)
@@ -201,3 +204,106 @@ def test_eval_cost_counts_every_model_call_of_the_views_loop():
   assert looped["flops_per_step"] == pytest.approx(once["flops_per_step"], rel=0.02)
   # The weights are read once per call, so the loop moves somewhat more bytes, never half.
   assert once["bytes_per_step"] * 0.9 < looped["bytes_per_step"] < once["bytes_per_step"] * 2
+
+
+# --- Described NVIDIA GPUs: target configs, topology names, HLO byte counts (no plugin). ---
+
+def _parse_text_proto(text):
+  """Protobuf text format of nested messages and scalar fields -> nested dicts (ints, floats,
+  strings); enough for `gpu_targets.target_config`, which repeats no field."""
+  tokens = re.findall(r'"[^"]*"|[{}]|[^\s{}:"]+', text)
+
+  def value(token):
+    for kind in (int, float):
+      try:
+        return kind(token)
+      except ValueError:
+        pass
+    return token.strip('"')
+
+  def message(i):
+    fields = {}
+    while i < len(tokens) and tokens[i] != "}":
+      key = tokens[i]
+      assert key not in fields, f"repeated field {key}"
+      if tokens[i + 1] == "{":
+        fields[key], i = message(i + 2)
+        i += 1  # The closing "}".
+      else:
+        fields[key], i = value(tokens[i + 1]), i + 2
+    return fields, i
+
+  fields, end = message(0)
+  assert end == len(tokens)
+  return fields
+
+
+# Published facts, written out here apart from the module: SMs, FP32 cores per SM, compute
+# capability, L2 (MiB), shared memory per SM (KiB), HBM bandwidth (GB/s), nominal HBM (GB),
+# dense bf16 peak (TFLOP/s). NVIDIA's H100/A100 whitepapers and datasheets, CUDA's tables.
+GPU_FACTS = {
+  "h100": (132, 128, (9, 0), 50, 228, 3350, 80, 989),
+  "a100-80gb": (108, 64, (8, 0), 40, 164, 2039, 80, 312),
+  "a100-40gb": (108, 64, (8, 0), 40, 164, 1555, 40, 312),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GPU_FACTS))
+def test_gpu_target_config_says_the_published_facts(kind):
+  from fstfl_jax.tools import gpu_targets
+  sms, cores, cc, l2, smem, bandwidth, memory_gb, peak = GPU_FACTS[kind]
+  spec = gpu_targets.GPUS[kind]
+  config = _parse_text_proto(gpu_targets.target_config(spec))
+  device = config.pop("gpu_device_info")
+  assert config == {"platform_name": "CUDA", "device_description_str": spec.description,
+                    "dnn_version_info": dict(major=9, minor=8, patch=0),
+                    "runtime_version": dict(major=12, minor=9, patch=0)}
+  capability = device.pop("cuda_compute_capability")
+  assert (capability["major"], capability["minor"]) == cc
+  assert capability["feature_extension"] == ("ACCELERATED_FEATURES" if cc == (9, 0) else "NONE")
+  assert (device["core_count"], device["fpus_per_core"]) == (sms, cores)
+  assert device["l2_cache_size"] == l2 * 2**20
+  assert device["shared_memory_per_core"] == smem * 1024
+  # CUDA reserves 1 KB of shared memory per block for itself.
+  assert device["shared_memory_per_block_optin"] == (smem - 1) * 1024
+  assert device["memory_bandwidth"] == bandwidth * 10**9
+  # The driver keeps some of the nominal "80GB" (80 GiB of HBM) / "40GB" for itself.
+  assert (memory_gb - 1.5) * 2**30 < device["device_memory_size"] < memory_gb * 2**30
+  assert device["clock_rate_ghz"] == pytest.approx(1.98 if kind == "h100" else 1.41)
+  # CUDA's limits for compute capability 8.x/9.0, under XLA's names ("block dim" = grid).
+  assert device == dict(
+    device, threads_per_block_limit=1024, threads_per_warp=32, threads_per_core_limit=2048,
+    shared_memory_per_block=48 * 1024, registers_per_core_limit=65536,
+    registers_per_block_limit=65536, block_dim_limit_x=2**31 - 1, block_dim_limit_y=65535,
+    block_dim_limit_z=65535, thread_dim_limit_x=1024, thread_dim_limit_y=1024,
+    thread_dim_limit_z=64)
+  assert len(device) == 20
+  # The roofline uses the same GPU: dense bf16 peak, bandwidth and memory.
+  chip = roofline.chip_spec(f"{kind}:1x8")
+  assert chip.peak_flops == peak * 1e12
+  assert chip.hbm_bandwidth == device["memory_bandwidth"]
+  assert chip.hbm_bytes == device["device_memory_size"]
+
+
+def test_gpu_topology_names():
+  from fstfl_jax.tools import gpu_targets
+  assert gpu_targets.parse_topology("h100:1x8") == ("h100", 1, 8)
+  assert gpu_targets.parse_topology("a100-40gb:2x4") == ("a100-40gb", 2, 4)
+  assert gpu_targets.cuda_topology_name(2, 4) == "1x2x4"
+  assert gpu_targets.parse_topology("v5e:2x2") is None  # A TPU topology: not a GPU kind.
+  for bad in ("h100:8", "h100:0x8", "h100:1x8x2", "h100:"):
+    with pytest.raises(ValueError, match=r"KIND:HOSTSxGPUS_PER_HOST.*'h100:1x8'"):
+      gpu_targets.parse_topology(bad)
+
+
+def test_hlo_shape_bytes():
+  """Shapes as the optimised HLO prints them; element sizes from the type name."""
+  conv = ("%cudnn-conv.1 = (bf16[4,56,56,64]{3,2,1,0}, u8[0]{0}) custom-call(%param, %w), "
+          "window={size=3x3 pad=1_1x1_1}, custom_call_target=\"__cudnn$convForward\"")
+  assert host_cost._result_shape(conv) == "(bf16[4,56,56,64]{3,2,1,0}, u8[0]{0})"
+  assert host_cost._hlo_shape_bytes(host_cost._result_shape(conv)) == 4 * 56 * 56 * 64 * 2
+  assert host_cost._result_shape("%p = f32[8,128]{1,0} parameter(0), sharding={replicated}") == (
+    "f32[8,128]{1,0}")
+  assert host_cost._hlo_shape_bytes("(pred[3], s4[3], f8e4m3fn[10], c64[2], f32[], token[])") == (
+    3 + 2 + 10 + 16 + 4)
+  assert host_cost._hlo_shape_bytes("((f32[2,2], s32[]), bf16[5])") == 16 + 4 + 10

@@ -1,9 +1,10 @@
-r"""Compiles the real train and eval steps for a Cloud TPU slice, on any machine, and estimates.
+r"""Compiles the real train and eval steps for a Cloud TPU slice or NVIDIA GPUs, on any machine.
 
   fstfl-aot --config configs/sthv1.py:model=fstfl,frames=8 \
       --topology v5e:16x16 [--per_chip_batch 2] [--max_batch] [--json out.json] \
       [--config.model.dtype=bfloat16] [--eval_protocols all] [--stored_frame 256x340] \
       [--notrain]
+  fstfl-aot ... --topology h100:1x8   # 1 host with 8 H100s (a100-80gb, a100-40gb)
 
 No TPU is needed: with `jax[tpu]` installed (it brings libtpu) the TPU compiler runs on the host
 against a described topology (`jax.experimental.topologies`), with the same jitted functions,
@@ -14,194 +15,33 @@ These are compiler estimates, not measurements. The compiler counts a loop's bod
 protocol with `views_per_step` runs the model in a loop, so that model call is compiled on its
 own too and its cost added for the other trips. `correlation impl="auto"` resolves to the TPU
 choice, as it would on the slice.
+
+GPUs ("KIND:HOSTSxGPUS_PER_HOST", kinds in `gpu_targets.GPUS`; "chip" below means one GPU) need
+the CUDA plugin wheels (`requirements-cuda-aot.txt`; no NVIDIA libraries or driver): XLA's GPU
+compiler runs on the host against described GPUs (`gpu_targets.target_config`), without
+autotuning (no device to time kernels on: cuDNN/cuBLAS get their default algorithms). The
+plugin has no cost analysis for such a program, so FLOPs and bytes are counted on the host
+instead (`host_cost`). `impl="auto"` resolves to the GPU choice.
 """
 
 import dataclasses
-import functools
-import os
-import time
+from collections.abc import Sequence
 from typing import Any
 
-# libtpu looks for TPU hardware and metadata at start-up; describing a local single-host
-# accelerator quiets that search. JAX_PLATFORMS=cpu keeps JAX itself on the host.
-os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# libtpu takes a machine-wide lock file by default; a compile-only client need not (and other
-# JAX processes on the host, which also load the plugin, may hold it).
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import ml_collections
+from absl import flags
 
-from collections.abc import Sequence  # noqa: E402
-
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-
-from data_pipelines import cli  # noqa: E402
-from data_pipelines import device_transforms  # noqa: E402
-from data_pipelines import storage  # noqa: E402
-from data_pipelines import transforms  # noqa: E402
-from fstfl_jax.evaluation import protocols  # noqa: E402
-from fstfl_jax.models import build_model  # noqa: E402
-from fstfl_jax.models import correlation  # noqa: E402
-from fstfl_jax.tools import roofline  # noqa: E402
-from fstfl_jax.training import sharding as sharding_lib  # noqa: E402
-from fstfl_jax.training import steps as steps_lib  # noqa: E402
-from fstfl_jax.training import train  # noqa: E402
+from data_pipelines import cli
+from data_pipelines import storage
+from fstfl_jax.evaluation import protocols
+from fstfl_jax.tools import compile_steps
+from fstfl_jax.tools import roofline
 
 PROG = "fstfl-aot"
 
-# Stored frame size (height, width) the train step is compiled for by default: a 4:3 video at
-# the build's default short side of 256.
-DEFAULT_STORED_FRAME = (256, 340)
 
-# Substrings of the TPU compiler's error when a program needs more HBM than the chip has.
-_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Ran out of memory", "exceeds the memory")
-
-
-def topology_mesh(topology: str) -> jax.sharding.Mesh:
-  """The project's `('data',)` mesh over every chip of a described TPU topology ("v5e:2x2")."""
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
-  return jax.make_mesh((len(devices),), (sharding_lib.DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
-def for_tpu(config: ml_collections.ConfigDict, global_batch: int) -> ml_collections.ConfigDict:
-  """A copy of `config` as a TPU run would resolve it: `global_batch` clips, auto kernel -> TPU."""
-  config = config.copy_and_resolve_references()
-  config.input.batch_size = global_batch  # Also what the lr schedule scales with.
-  # Only the lr schedule depends on the epoch size, not the compiled program: one step per epoch
-  # when the config leaves it to the data dir (no data dir is read here).
-  if config.train.num_train_examples <= 0:
-    config.train.num_train_examples = global_batch
-  config.model.stc.impl = correlation.resolve_impl(config.model.stc.impl, "tpu")
-  return config
-
-
-def tree_bytes(tree: Any) -> int:
-  return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-@dataclasses.dataclass
-class Compiled:
-  """One compiled step (None when the compiler ran out of HBM) and its train-state sizes.
-
-  `loop_body` is compiled on its own when the step runs it in a loop (`loop_trips` > 1 times):
-  the compiler's cost analysis counts a loop body once, whatever its trip count.
-  """
-  compiled: Any
-  state_bytes: dict[str, int]
-  clips_per_chip: int
-  error: str = ""
-  loop_body: Any = None
-  loop_trips: int = 1
-
-
-def aot_compile(jitted: Any, mesh: jax.sharding.Mesh, *args: Any,
-                what: str = "step") -> tuple[Any, str]:
-  """AOT-compiles; an out-of-HBM error becomes (None, message) since it answers 'fits?'.
-
-  Logs the start and the duration: a full ResNet-50 step takes 10-45 minutes on a 2-core host.
-  """
-  logging.info("Compiling the %s for %d TPU chips (minutes for a full model)...", what, mesh.size)
-  started = time.monotonic()
-  try:
-    with jax.set_mesh(mesh):
-      compiled = jitted.lower(*args).compile()
-  except Exception as e:  # pylint: disable=broad-except
-    if any(m in str(e) for m in _OOM_MARKERS):
-      logging.info("The %s does not fit (compiler out of HBM after %.0f s).", what,
-                   time.monotonic() - started)
-      return None, str(e).splitlines()[0][:300]
-    raise
-  logging.info("Compiled the %s in %.0f s.", what, time.monotonic() - started)
-  return compiled, ""
-
-
-def _abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  # Outside any TPU mesh context: build() makes a PRNG key eagerly, on the host.
-  model = build_model(config.model)
-  tx, schedule, _, abstract = train.build(config, model, mesh)
-  sizes = dict(params=tree_bytes(abstract.params), batch_stats=tree_bytes(abstract.batch_stats),
-               opt_state=tree_bytes(abstract.opt_state))
-  return model, tx, schedule, abstract, sizes
-
-
-def parse_frame_size(text: str) -> tuple[int, int]:
-  """"256x340" -> (256, 340): height x width of the stored frames the host ships."""
-  try:
-    height, width = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    height = width = 0
-  if height < 1 or width < 1:
-    raise cli.UserError(f"--stored_frame {text!r}: expected HEIGHTxWIDTH in pixels of the data "
-                        "dir's stored frames, e.g. 256x340")
-  return height, width
-
-
-def compile_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       per_chip_batch: int,
-                       stored_frame: tuple[int, int] = DEFAULT_STORED_FRAME) -> Compiled:
-  """`steps.make_train_step` jitted by `steps.jit_train_step`, for `per_chip_batch` clips/chip.
-
-  Batch as the input pipeline ships it (`data_pipelines.pipeline`), sharded on B =
-  per_chip_batch * chips: video uint8 [B, T, R, Wmax, 3] (whole stored frames of size
-  `stored_frame`, in `transforms.frame_slot` slots), frame_width int32 [B], resize_taps float32
-  [B, 2, S, 3], label int32 [B]; the step crops, resizes and mirrors on the device.
-  """
-  config = for_tpu(config, per_chip_batch * mesh.size)
-  model, tx, schedule, abstract, sizes = _abstract_state(config, mesh)
-  state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-  step = steps_lib.jit_train_step(steps_lib.make_train_step(model, tx, schedule),
-                                  mesh, state_sharding)
-  b, t, s = config.input.batch_size, config.model.num_frames, config.input.crop_size
-  rows, wmax = transforms.frame_slot([stored_frame])
-  data = sharding_lib.data_sharding(mesh)
-  batch = {"video": jax.ShapeDtypeStruct((b, t, rows, wmax, 3), jnp.uint8, sharding=data),
-           device_transforms.WIDTH_KEY: jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data),
-           device_transforms.TAPS_KEY: jax.ShapeDtypeStruct((b, 2, s, 3), jnp.float32,
-                                                            sharding=data),
-           "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data)}
-  compiled, error = aot_compile(step, mesh, abstract, batch,
-                                what=f"train step at {per_chip_batch} clips/chip")
-  return Compiled(compiled, sizes, per_chip_batch, error)
-
-
-def compile_eval_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, protocol: str,
-                      per_chip_batch: int) -> Compiled:
-  """`protocols.protocol_step` for protocol `config.evals[protocol]` (all V views per video).
-
-  Batch: video uint8 [B, V, T, S, S, 3], label int32 [B], mask bool [B], B = per_chip_batch *
-  chips videos; `clips_per_chip` counts views (B * V / chips).
-  """
-  clips, crops = protocols.protocol_views(config, protocol)
-  config = for_tpu(config, config.input.batch_size)
-  model, _, _, abstract, sizes = _abstract_state(config, mesh)
-  sizes.pop("opt_state")
-  variables = dict(params=abstract.params, batch_stats=abstract.batch_stats)
-  step = protocols.protocol_step(config, protocol, model)
-  b, v = per_chip_batch * mesh.size, clips * crops
-  t, s = config.model.num_frames, config.input.crop_size
-  data = sharding_lib.data_sharding(mesh)
-  batch = dict(video=jax.ShapeDtypeStruct((b, v, t, s, s, 3), jnp.uint8, sharding=data),
-               label=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data),
-               mask=jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=data))
-  compiled, error = aot_compile(step, mesh, variables, batch,
-                                what=f"eval step {protocol} at {per_chip_batch} videos/chip")
-  per_call = config.evals[protocol].get("views_per_step") or v
-  body = None
-  if compiled is not None and per_call < v:
-    # The step walks the views in v / per_call model calls (lax.map); the body is one call.
-    call_input = jax.ShapeDtypeStruct((b * per_call, t, s, s, 3), jnp.uint8, sharding=data)
-    body, _ = aot_compile(jax.jit(functools.partial(model.apply, train=False)), mesh, variables,
-                          call_input, what=f"model call of the {protocol} loop")
-  return Compiled(compiled, sizes, per_chip_batch * v, error, body, v // per_call)
-
-
-def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[str, Any]:
+def analyse(result: compile_steps.Compiled, chip: roofline.ChipSpec,
+            num_chips: int) -> dict[str, Any]:
   """Per-chip HBM, cost and roofline estimates of one compiled step (all numbers per chip).
 
   HBM in use = arguments + outputs - donated (aliased) outputs + temporaries + program code.
@@ -223,7 +63,10 @@ def analyse(result: Compiled, chip: roofline.ChipSpec, num_chips: int) -> dict[s
     bytes_accessed += (result.loop_trips - 1) * float(body["bytes accessed"])
   roof = roofline.roofline(flops, bytes_accessed, chip)
   optimal = float(cost.get("optimal_seconds", -1.0))
+  # GPU rows say where their FLOPs and bytes come from, and which library calls they hold.
+  source = getattr(result.compiled, "cost_source", None)
   return dict(
+    **(dict(cost_source=source, library_calls=cost["library_calls"]) if source else {}),
     fits=hbm <= chip.hbm_bytes,
     hbm_bytes_per_chip=hbm,
     hbm_capacity_bytes=chip.hbm_bytes,
@@ -255,6 +98,9 @@ def format_report(report: dict[str, Any]) -> str:
            f"HBM {_gib(report['chip']['hbm_bytes'])}/chip)"
            f"{f'; correlation impl {impl}' if impl else ''}. "
            "Compiler estimates per chip, not measurements."]
+  sources = {r["cost_source"] for r in [report["train"] or {}, *report["eval"].values()]
+             if r.get("cost_source")}
+  lines += [f"FLOPs and bytes counted on the host ({source})." for source in sources]
   steps = ([("train", report["train"])] if report["train"] else []) + [
     (f"eval {k}", v) for k, v in report["eval"].items()]
   for name, r in steps:
@@ -280,7 +126,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int | None = None,
         eval_protocols: tuple[str, ...] = (), eval_per_chip_batch: int | None = None,
-        find_max_batch: bool = False, stored_frame: tuple[int, int] = DEFAULT_STORED_FRAME,
+        find_max_batch: bool = False,
+        stored_frame: tuple[int, int] = compile_steps.DEFAULT_STORED_FRAME,
         compile_train: bool = True, config_name: str = "") -> dict[str, Any]:
   """Compiles and analyses the train step and the eval step of each protocol; returns a report.
 
@@ -288,22 +135,25 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
   `compile_train=False` compiles only the eval steps (report["train"] is then None).
   """
   chip = roofline.chip_spec(topology)
-  mesh = topology_mesh(topology)
+  mesh = compile_steps.topology_mesh(topology)
   chips = mesh.size
   per_chip_batch = per_chip_batch or max(1, config.input.batch_size // chips)
   eval_per_chip_batch = eval_per_chip_batch or max(1, config.input.eval_batch_size // chips)
+  platform = compile_steps.mesh_platform(mesh)
+  train = (compile_steps.compile_train_step(config, mesh, per_chip_batch, stored_frame)
+           if compile_train else None)
   report = dict(config=config_name, topology=topology, num_chips=chips,
                 chip=dataclasses.asdict(chip),
-                correlation_impl=(for_tpu(config, chips).model.stc.impl
+                correlation_impl=(compile_steps.for_platform(config, chips, platform).model.stc.impl
                                   if config.model.name == "fstfl" else None),
                 global_batch=per_chip_batch * chips,
-                train=(analyse(compile_train_step(config, mesh, per_chip_batch, stored_frame),
-                               chip, chips) if compile_train else None),
-                eval={name: analyse(compile_eval_step(config, mesh, name, eval_per_chip_batch),
-                                    chip, chips) for name in eval_protocols})
+                train=analyse(train, chip, chips) if train else None,
+                eval={name: analyse(compile_steps.compile_eval_step(
+                  config, mesh, name, eval_per_chip_batch), chip, chips)
+                      for name in eval_protocols})
   if find_max_batch and compile_train:
     report["max_per_chip_batch"] = roofline.max_batch(
-      lambda n: analyse(compile_train_step(config, mesh, n, stored_frame), chip,
+      lambda n: analyse(compile_steps.compile_train_step(config, mesh, n, stored_frame), chip,
                         chips).get("hbm_bytes_per_chip"),
       chip.hbm_bytes, {0: report["train"]["state_bytes"]["total"],
                        per_chip_batch: report["train"].get("hbm_bytes_per_chip", float("inf"))})
@@ -312,7 +162,9 @@ def run(config: ml_collections.ConfigDict, topology: str, *, per_chip_batch: int
 
 def define_flags(fv: flags.FlagValues) -> None:
   """The flags of `fstfl-aot` besides `--config` (see the module docstring)."""
-  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2.",
+  flags.DEFINE_string("topology", "v5e:2x2",
+                      "TPU topology, e.g. v5e:2x2, v5e:16x16, v6e:2x2, or GPUs as "
+                      "KIND:HOSTSxGPUS_PER_HOST, e.g. h100:1x8, a100-80gb:1x8, a100-40gb:1x8.",
                       flag_values=fv)
   flags.DEFINE_integer("per_chip_batch", None,
                        "Train clips per chip (default: input.batch_size / chips, at least 1).",
@@ -326,7 +178,7 @@ def define_flags(fv: flags.FlagValues) -> None:
                     flag_values=fv)
   flags.DEFINE_bool("train", True, "Compile the train step (--notrain: only the eval steps).",
                     flag_values=fv)
-  flags.DEFINE_string("stored_frame", "x".join(map(str, DEFAULT_STORED_FRAME)),
+  flags.DEFINE_string("stored_frame", "x".join(map(str, compile_steps.DEFAULT_STORED_FRAME)),
                       "HEIGHTxWIDTH of the stored frames the host ships to the train step "
                       "(the data dir's frame size; build's default short side is 256).",
                       flag_values=fv)
@@ -344,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = tuple(p for p in args.eval_protocols.split(",") if p)
   for name in names:
     protocols.protocol_views(config, name)  # One clear error for a bad name, before compiling.
-  stored_frame = parse_frame_size(args.stored_frame)
+  stored_frame = compile_steps.parse_frame_size(args.stored_frame)
   if args.max_batch and not args.train:
     raise cli.UserError("--max_batch searches the train step's batch: drop --notrain")
   report = run(config, args.topology, per_chip_batch=args.per_chip_batch,

@@ -1,7 +1,8 @@
-"""Per-chip TPU specs and the arithmetic behind `fstfl_jax.tools.aot`'s estimates.
+"""Per-chip TPU and GPU specs and the arithmetic behind `fstfl_jax.tools.aot`'s estimates.
 
 Peak bf16 FLOP/s, HBM bandwidth and HBM capacity per chip, as published in Google's Cloud TPU
-system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e). A step estimate is
+system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), and for NVIDIA GPUs
+from `gpu_targets.GPUS` (NVIDIA's datasheets; dense bf16 tensor-core peaks). A step estimate is
 the roofline max(FLOPs / peak, bytes / bandwidth): it assumes perfect overlap of compute and
 memory traffic and ignores collectives and launch gaps, so real steps are slower.
 `max_batch` finds the largest batch that fits in few compiles.
@@ -9,6 +10,8 @@ memory traffic and ignores collectives and launch gaps, so real steps are slower
 
 import dataclasses
 from collections.abc import Callable
+
+from fstfl_jax.tools import gpu_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,17 +21,21 @@ class ChipSpec:
   hbm_bytes: float       # HBM capacity per chip, bytes.
 
 
-# Keys are the generation prefixes of `jax.experimental.topologies` names ("v5e:2x2").
+# Keys are the generation prefixes of `jax.experimental.topologies` names ("v5e:2x2") and the
+# GPU kinds of `gpu_targets.parse_topology` ("h100:1x8").
 CHIPS = {
   "v4": ChipSpec(peak_flops=275e12, hbm_bandwidth=1200e9, hbm_bytes=32 * 2**30),
   "v5e": ChipSpec(peak_flops=197e12, hbm_bandwidth=819e9, hbm_bytes=16e9),
   "v5p": ChipSpec(peak_flops=459e12, hbm_bandwidth=2765e9, hbm_bytes=95e9),
   "v6e": ChipSpec(peak_flops=918e12, hbm_bandwidth=1640e9, hbm_bytes=32e9),
+  # The same numbers the GPU compiler is told.
+  **{kind: ChipSpec(peak_flops=gpu.peak_bf16_flops, hbm_bandwidth=gpu.memory_bandwidth,
+                    hbm_bytes=gpu.device_memory_bytes) for kind, gpu in gpu_targets.GPUS.items()},
 }
 
 
 def chip_spec(topology: str) -> ChipSpec:
-  """The spec of the generation named before the ':' of a topology ("v6e:2x2" -> v6e)."""
+  """The spec of the chip named before the ':' of a topology ("v6e:2x2" -> v6e, "h100:1x8")."""
   generation = topology.split(":")[0]
   if generation not in CHIPS:
     raise ValueError(f"No chip spec for topology {topology!r}: expected a name starting with "
