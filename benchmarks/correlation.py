@@ -65,7 +65,7 @@ def _unrolled_slices(impl: str, max_disp: int, num_offsets: int) -> int:
   return (2 * max_disp + 1) ** 2 * num_offsets if impl == "loop" else 0
 
 
-def _measure(fn: Callable, args: tuple, repeats: int, max_run_gib: float) -> dict:
+def measure_fn(fn: Callable, args: tuple, repeats: int, max_run_gib: float) -> dict:
   """Compiles fn(*args), reads its temp memory, and times it unless that memory is too large."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
@@ -108,7 +108,7 @@ def bench_kernels(args: flags.FlagValues) -> list[dict]:
           row["note"] = f"not compiled: {slices} unrolled slices > --max_unrolled"
         else:
           _log(f"{impl} D={d} {mode}: compiling")
-          row.update(_measure(fn, fn_args, args.repeats, args.max_run_gib))
+          row.update(measure_fn(fn, fn_args, args.repeats, args.max_run_gib))
         _log(f"{impl} D={d} {mode}: {row}")
         rows.append(row)
   return rows
@@ -146,7 +146,7 @@ def bench_gsf_step(args: flags.FlagValues) -> dict:
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   _log(f"GSF-R50 {clips}x{args.frames}x224: compiling the train step")
-  row = _measure(step, (variables["params"], variables["batch_stats"], opt_state, video, labels),
+  row = measure_fn(step, (variables["params"], variables["batch_stats"], opt_state, video, labels),
                  args.gsf_repeats, max_run_gib=float("inf"))
   row.update(impl="gsf-r50 train step", mode="fwd+bwd", clips=clips)
   row["time_ms_per_batch"] = row["time_ms"] * args.clips / clips

@@ -50,6 +50,9 @@ def train_config(num_train_examples: int = 0) -> ml_collections.ConfigDict:
     log_every_steps=50,
     eval_every_epochs=5,       # 0: evaluate only at the end.
     eval_at_end=True,
+    # "a:b": a jax.profiler trace of steps a..b-1 in <workdir>/profile (TensorBoard's profile
+    # plugin); "" for none (fstfl_jax.training.profiling).
+    profile_steps="",
   ))
 
 

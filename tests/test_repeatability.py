@@ -42,7 +42,8 @@ def run(data_dir, workdir):
   with open(os.path.join(workdir, logs.METRICS_FILE), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   for row in rows:
-    row.pop("train/clips_per_sec", None)
+    for key in ("clips_per_sec", "input_wait_fraction", "device_wait_fraction"):
+      row.pop(f"train/{key}", None)
   return rows, result["val_1x1"]
 
 

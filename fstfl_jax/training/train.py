@@ -23,6 +23,7 @@ from fstfl_jax.training import checkpointing
 from fstfl_jax.training import guards
 from fstfl_jax.training import logs as logs_lib
 from fstfl_jax.training import optim
+from fstfl_jax.training import profiling
 from fstfl_jax.training import sharding as sharding_lib
 from fstfl_jax.training import state as ts
 from fstfl_jax.training import steps as steps_lib
@@ -147,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   # ---------------------------------------------------------------- Mesh, optimizer, state.
   mesh = mesh or sharding_lib.make_mesh()
   sharding_lib.check_batch(config.input.batch_size, mesh)
+  profile = profiling.ProfileWindow(config.train.profile_steps, workdir)  # Checks the spec.
   num_steps = total_steps(config)
   spe = steps_per_epoch(config)
   with jax.set_mesh(mesh):
@@ -182,17 +184,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     watcher = checkpointing.PreemptionWatcher()
     pending: list[tuple[int, steps_lib.Metrics]] = []
     compiled_step = None
-    window_start, window_step = time.monotonic(), step
+    clock, window_step = profiling.WaitClock(), step
     try:
       while step < num_steps:
+        profile.before(step)
+        started = time.monotonic()
         batch = sharding_lib.to_global(next(train_iter), mesh)
+        clock.add_input(time.monotonic() - started)
         if compiled_step is None:
           logging.info("Compiling the train step (once per run; minutes for a full ResNet-50).")
           started = time.monotonic()
           compiled_step = sharding_lib.compile_in_lockstep(train_step, state, batch,
                                                            name=f"train_step_compiled_{step}")
           logging.info("Compiled in %.0f s.", time.monotonic() - started)
+          clock.restart()  # Rates and wait fractions leave the compilation out.
         state, step_metrics = compiled_step(state, batch)
+        profile.after(step, state)
         step += 1
         pending.append((step, step_metrics))
 
@@ -204,16 +211,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
         stop = watcher.should_stop(step)  # Every step: a pre-emption notice gives little time.
         if not (do_ckpt or stop or step % log_every == 0):
           continue
-        values = _summarise(pending, guard_names)
-        now = time.monotonic()
+        started = time.monotonic()
+        values = _summarise(pending, guard_names)  # Waits for the device: the guard's sync.
+        clock.add_device(time.monotonic() - started)
+        values.update(clock.fractions())
         clips = (step - window_step) * config.input.batch_size
-        values["clips_per_sec"] = clips / (now - window_start)
+        values["clips_per_sec"] = clips / clock.elapsed()
         values["epoch"] = step / spe
-        pending, window_start, window_step = [], now, step
+        pending, window_step = [], step
         logs.write(step, values, "train")
-        logging.info("train step %s | loss %.4f acc %.3f lr %.3g | %.1f clips/s",
-                     logs.progress.update(step), values["loss"], values["accuracy"], values["lr"],
-                     values["clips_per_sec"])
+        logging.info("train step %s | loss %.4f acc %.3f lr %.3g | %.1f clips/s, waiting for "
+                     "input %.0f%% / device %.0f%%", logs.progress.update(step), values["loss"],
+                     values["accuracy"], values["lr"], values["clips_per_sec"],
+                     100 * values["input_wait_fraction"], 100 * values["device_wait_fraction"])
 
         eval_metrics = None
         if do_eval:
@@ -225,7 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
         if stop:
           logging.warning("Stopped by pre-emption after step %d; checkpoint saved.", step)
           break
+        clock.restart()  # Validation and checkpoints are not part of the next interval.
     finally:
+      profile.close()
       # Lets an async save of the last good state finish even when a NaN aborts the run.
       manager.wait_until_finished()
       manager.close()
