@@ -84,3 +84,16 @@ def gcs(tmp_path_factory):
           os.environ.pop(k, None)
         else:
           os.environ[k] = v
+
+
+if __name__ == "__main__":
+  # A server for commands run by hand (benchmarks.pod_data --table reads): prints the variables to
+  # export, then serves until interrupted.
+  import tempfile
+  with running(tempfile.mkdtemp(prefix="gcs_")) as url:
+    print(" ".join(f"export {k}={v};" for k, v in client_env(url).items()), flush=True)
+    try:
+      while True:
+        time.sleep(3600)
+    except KeyboardInterrupt:
+      pass

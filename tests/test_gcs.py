@@ -109,17 +109,6 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   assert not any("gs:" in p.name for p in ROOT.iterdir())
 
 
-def test_gs_data_dir_is_one_clear_error(gcs, tmp_path):
-  proc = _run(tmp_path, "fstfl_jax.main", "--config", "configs/demo.py",
-              f"--config.input.data_dir={gcs}/data/demo", "--workdir", str(tmp_path / "wd"),
-              check=False)
-  assert proc.returncode == 1
-  lines = proc.stderr.strip().splitlines()
-  assert (lines[-1].startswith("fstfl-train: error: input.data_dir=gs://")
-          and "fstfl-copy-data" in lines[-1])
-  assert not (tmp_path / "wd").exists()
-
-
 @pytest.mark.parametrize("mistake, args, expected, status", [
   ("variant", ["--config", "configs/demo.py:modl=gsf", "--workdir", "W"],
    "Unknown config variant 'modl'", cli.USAGE_STATUS),

@@ -17,7 +17,7 @@ from array_record.python import array_record_module
 
 import build_fixtures
 import gcs_emulator
-import gcs_proxy
+from benchmarks import gcs_proxy
 import test_pipeline
 from configs import common
 from data_pipelines import build

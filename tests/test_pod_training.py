@@ -19,7 +19,7 @@ import portpicker
 import pytest
 
 import gcs_emulator
-import gcs_proxy
+from benchmarks import gcs_proxy
 import test_pod_data
 from data_pipelines import copy_data
 from data_pipelines.records import reading

@@ -1,9 +1,9 @@
-"""A recording HTTP proxy in front of the test GCS server: what one client fetched, and how.
+"""A recording HTTP proxy in front of a Cloud Storage endpoint: what a client fetched, and how.
 
-Point a client's three endpoint variables (`gcs_emulator.client_env(proxy.url)`) at a `Proxy` and
+Point a client's endpoint variables (`data_pipelines.gcs.EMULATOR_VARIABLES`) at a `Proxy` and
 read `proxy.requests`: (method, object name, Range header, bytes the client received) per
 request. Responses are streamed, so a client that resets the connection early is counted for
-what it actually took.
+what it actually took. Used by `benchmarks.pod_data` and the bucket tests, on 127.0.0.1 only.
 """
 
 import http.client
