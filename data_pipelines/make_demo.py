@@ -1,7 +1,7 @@
 """Offline demo data: a synthetic fine-grained motion dataset, built through the real pipeline.
 
   fstfl-make-demo --out /tmp/demo [--videos_per_class 150 --val_videos_per_class 16
-      --size 64 --frames 16 --seed 0 --workers 2 --rotate90]
+      --size 32 --frames 8 --seed 0 --workers 2 --rotate90]
   (the same as `python -m data_pipelines.make_demo ...`)
 
 Every clip shows a static random-texture background (at 0.4x contrast), one random-texture square
@@ -12,13 +12,19 @@ position of the actor in any single frame is uniform for every class: one frame 
 information, only motion does.
 The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
-  move left / right / up / down (1.5 px/frame), move right fast (3.5 px/frame),
+  move left / right / up / down (3 px/frame), move right fast (6 px/frame),
   pretend to move right / left (out for half the clip, then back), rotate clockwise /
-  counter-clockwise (12 deg/frame), approach / recede (size x1.06 / x0.94 per frame), stay still.
+  counter-clockwise (24 deg/frame), approach / recede (size x1.12 / x0.89 per frame), stay still.
+
+The default clip has the 8 frames the demo model takes, at 32x32 (configs/demo.py), so TSN
+sampling takes every frame and each class moves at one speed between the frames the model sees.
+(16-frame clips sampled to 8 took a random frame of each 2-frame segment, so the step between
+two sampled frames was 1-3 rendered frames: a slow move then covered 1.5-4.5 px and a fast one
+3.5-10.5 px per step, and a rotation 12-36 degrees.)
 
 Videos are written as h264 `.mp4` to `<out>/raw/<split>/<class>/` and then ingested with the
 `folder` layout of `data_pipelines.build` into `<out>/` (so the demo exercises the real decoder
-and shard writer). Defaults: 1800 train + 192 validation clips of 16 frames at 64x64. Existing
+and shard writer). Defaults: 1800 train + 192 validation clips of 8 frames at 32x32. Existing
 clips are reused on a rerun only if `<out>/raw/render.json` shows the same seed, size, frames and
 renderer source; otherwise the command stops (a rerun into an old directory used to mix clips of
 an older renderer into the dataset).
@@ -47,7 +53,8 @@ CLASS_NAMES = (
 )
 SPLITS = ("train", "validation")
 FPS = 12
-_SPEED, _FAST, _SPIN, _GROW = 1.5, 3.5, math.radians(12), 1.06
+_SPEED, _FAST, _SPIN, _GROW = 3.0, 6.0, math.radians(24), 1.12
+_DISTRACTOR_SPEED = 3.0  # Largest |velocity| per axis of a distractor, px/frame.
 _MEAN, _STD = 128.0, 40.0  # Shared texture statistics of actor, distractors and background.
 _BACKGROUND_CONTRAST = 0.4
 
@@ -97,8 +104,8 @@ def _paste(frame: np.ndarray, tex: np.ndarray, cx: float, cy: float, angle: floa
   frame[inside] = tex[v[inside].astype(int), u[inside].astype(int)]
 
 
-def render_clip(cls: str, rng: np.random.Generator, size: int = 64,
-                frames: int = 16) -> np.ndarray:
+def render_clip(cls: str, rng: np.random.Generator, size: int = 32,
+                frames: int = 8) -> np.ndarray:
   """One clip of class `cls` as [T, size, size, 3] uint8 RGB."""
   # A lower-contrast background, the same for every class, so the actor can be found at all;
   # the class is still only in how it moves.
@@ -107,7 +114,7 @@ def render_clip(cls: str, rng: np.random.Generator, size: int = 64,
   actor = _texture(rng, actor_px, cells=4)
   distractor_px = max(2, round(size * 0.12))
   distractors = [(_texture(rng, distractor_px, cells=2), rng.uniform(0, size, 2),
-                  rng.uniform(-1.5, 1.5, 2)) for _ in range(2)]
+                  rng.uniform(-_DISTRACTOR_SPEED, _DISTRACTOR_SPEED, 2)) for _ in range(2)]
   cx, cy = rng.uniform(0, size, 2)
   angle0 = rng.uniform(0, 2 * math.pi)
   log_scale0 = rng.uniform(-0.25, 0.25)
@@ -156,7 +163,8 @@ def renderer_digest() -> str:
   """sha1 of the source that decides a clip's pixels: a changed renderer changes the digest."""
   parts = (_texture, _motion, _paste, render_clip, write_mp4, _write_one)
   text = "".join(inspect.getsource(f) for f in parts) + repr(
-    (CLASS_NAMES, FPS, _SPEED, _FAST, _SPIN, _GROW, _MEAN, _STD, _BACKGROUND_CONTRAST))
+    (CLASS_NAMES, FPS, _SPEED, _FAST, _SPIN, _GROW, _DISTRACTOR_SPEED, _MEAN, _STD,
+     _BACKGROUND_CONTRAST))
   return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -185,7 +193,7 @@ def _check_render_settings(raw: str, settings: dict) -> None:
 
 
 def make_demo(out: str, videos_per_class: int = 150, val_videos_per_class: int = 16,
-              size: int = 64, frames: int = 16, seed: int = 0, workers: int | None = None,
+              size: int = 32, frames: int = 8, seed: int = 0, workers: int | None = None,
               rotate90: bool = False) -> build_lib.BuildResult:
   """Writes the raw videos (skipping existing ones) and builds the shards into `out`.
 
