@@ -89,3 +89,19 @@ def test_training_and_eval_stop_before_any_work(data_dir, tmp_path):
   assert not os.path.exists(checkpointing.checkpoint_dir(str(tmp_path)))
   with pytest.raises(consistency.ConsistencyError, match="--config.model.num_classes=3"):
     experiment.evaluate_checkpoint(config, str(tmp_path))  # Before looking for a checkpoint.
+
+
+def test_batch_sizes_that_do_not_split_over_the_devices_stop_before_any_work(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.input.update(batch_size=12, eval_batch_size=6)
+  with pytest.raises(consistency.ConsistencyError) as caught:
+    consistency.check(config, train=True, eval_protocols=["val_1x1"], num_devices=8)
+  lines = str(caught.value).splitlines()[1:]
+  assert len(lines) == 2, lines
+  assert "batch_size=12 does not split evenly over the 8 devices" in lines[0]
+  assert "--config.input.batch_size=16" in lines[0]
+  assert "eval_batch_size=6" in lines[1] and "--config.input.eval_batch_size=8" in lines[1]
+  # The run's own mesh (the 8 devices of the test process) is what is checked.
+  with pytest.raises(consistency.ConsistencyError, match="--config.input.batch_size=16"):
+    experiment.train_and_evaluate(config, str(tmp_path), with_eval=False)
+  assert not os.path.exists(checkpointing.checkpoint_dir(str(tmp_path)))

@@ -9,6 +9,7 @@ batch. `check` compares, from the data dir's metadata and one record per split:
   config.model.num_frames       config.input.num_frames (the sampler's T)
   config.input.crop_size        the short side of the stored frames (crops are never upsampled)
   config.input.*_split          the data dir's splits
+  config.input.*batch_size      the number of devices (a batch is split evenly over them)
 
 and raises one `ConsistencyError` with a line per mismatch, each naming both values and the
 `--config` flag that fixes it. `config.train.num_train_examples` = 0 (the dataset configs'
@@ -85,8 +86,9 @@ def block_skew(config: ml_collections.ConfigDict, meta: reading.DatasetMeta,
 
 def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, train: bool,
                eval_protocols: Sequence[str] = (), process_index: int = 0,
-               process_count: int = 1) -> list[str]:
-  """One line per disagreement between `config` and the data dir described by `meta`."""
+               process_count: int = 1, num_devices: int = 1) -> list[str]:
+  """One line per disagreement between `config` and the data dir described by `meta`, or
+  between its batch sizes and the `num_devices` devices of the run."""
   data_dir, model, inp = meta.data_dir, config.model, config.input
   out = []
   if model.num_classes != meta.num_classes:
@@ -112,20 +114,29 @@ def mismatches(config: ml_collections.ConfigDict, meta: reading.DatasetMeta, *, 
                  f"have a short side of {short} ({where}); fix with "
                  f"--config.input.crop_size={short} (or rebuild the data with --short_side "
                  f">= {inp.crop_size})")
+  batches = ([("batch_size", "train")] if train else []) + (
+    [("eval_batch_size", "evaluation")] if eval_protocols else [])
+  for key, what in batches:
+    size = inp[key]
+    if size % num_devices:
+      fit = max(num_devices, round(size / num_devices) * num_devices)
+      out.append(f"config.input.{key}={size} does not split evenly over the {num_devices} "
+                 f"devices of the {what}; fix with --config.input.{key}={fit} (a multiple of "
+                 f"{num_devices})")
   return out
 
 
 def for_training(config: ml_collections.ConfigDict, with_eval: bool, *, process_index: int = 0,
-                 process_count: int = 1) -> ml_collections.ConfigDict:
+                 process_count: int = 1, num_devices: int = 1) -> ml_collections.ConfigDict:
   """`check` for a training run (plus its in-training validation protocol when `with_eval`)."""
   names = (protocols.training_protocol(config),) if with_eval else ()
   return check(config, train=True, eval_protocols=names, process_index=process_index,
-               process_count=process_count)
+               process_count=process_count, num_devices=num_devices)
 
 
 def check(config: ml_collections.ConfigDict, *, train: bool,
           eval_protocols: Sequence[str] = (), process_index: int = 0,
-          process_count: int = 1) -> ml_collections.ConfigDict:
+          process_count: int = 1, num_devices: int = 1) -> ml_collections.ConfigDict:
   """Checks `config` against `config.input.data_dir`; returns it with the train size resolved.
 
   Args:
@@ -133,6 +144,7 @@ def check(config: ml_collections.ConfigDict, *, train: bool,
     train: the run trains (checks the train split and resolves `train.num_train_examples`).
     eval_protocols: names in `config.evals` the run evaluates (their splits are checked).
     process_index, process_count: this process and the job's processes (each reads a block).
+    num_devices: the devices of the run's mesh (every batch is split evenly over them).
 
   Returns:
     A copy of `config` whose `train.num_train_examples` is the train split's size when it was 0.
@@ -142,7 +154,8 @@ def check(config: ml_collections.ConfigDict, *, train: bool,
   """
   meta = reading.read_info(config.input.data_dir)
   problems = mismatches(config, meta, train=train, eval_protocols=eval_protocols,
-                        process_index=process_index, process_count=process_count)
+                        process_index=process_index, process_count=process_count,
+                        num_devices=num_devices)
   skew = block_skew(config, meta, process_count) if train and not problems else None
   if skew and config.model.bn_group_size:
     problems.append(f"{skew}: with config.model.bn_group_size="

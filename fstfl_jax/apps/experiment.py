@@ -39,10 +39,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, with_
   Raises:
     consistency.ConsistencyError: the config does not fit its data dir (nothing is written).
   """
-  config = consistency.for_training(config, with_eval, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
-  steps = steps or protocols.EvalSteps(config, build_model(config.model))
   mesh = sharding.make_mesh()
+  config = consistency.for_training(config, with_eval, process_index=jax.process_index(),
+                                    process_count=jax.process_count(), num_devices=mesh.size)
+  steps = steps or protocols.EvalSteps(config, build_model(config.model))
   validate = evaluate.make_validator(config, steps.model, mesh, steps) if with_eval else None
   return train.train_and_evaluate(config, workdir, model=steps.model, data=pipeline,
                                   validate=validate, mesh=mesh)
@@ -71,7 +71,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   for name in names:
     protocols.protocol_views(config, name)  # Fail on a bad protocol before the slow restore.
   consistency.check(config, train=False, eval_protocols=names,
-                    process_index=jax.process_index(), process_count=jax.process_count())
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    num_devices=mesh.size)
   step = checkpointing.choose_step(config, workdir, checkpoint)
   # Restored as plain dicts, so the optimizer config need not match the one trained with.
   state, step = checkpointing.restore_state_only(workdir, None, mesh, step=step)
