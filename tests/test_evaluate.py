@@ -409,7 +409,7 @@ def test_evaluate_on_written_data_restores_8_device_checkpoint_on_1_device(
 def test_dataset_protocols_split_their_views_into_small_calls(dataset):
   """Every multi-view protocol of a dataset config makes model calls of at most 3 views of a
   batch: all 30 views of 8 videos per chip at once need 66 GB on a 16 GB TPU v5e at 16 frames
-  (README, "On TPU"), and a views_per_step that does not divide the views fails at trace time."""
+  (docs/benchmarks.md), and a views_per_step that does not divide the views fails at trace time."""
   config = importlib.import_module(f"configs.{dataset}").get_config("model=fstfl,frames=16")
   for name in config.evals:
     clips, crops = protocols.protocol_views(config, name)

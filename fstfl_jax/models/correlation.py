@@ -28,14 +28,15 @@ import numpy as np
 IMPLS = ("loop", "einsum", "allpairs", "banded")
 BOUNDARIES = ("zero", "clamp", "circular")
 
-# impl="auto" per backend (measurements: the README's Benchmarks and "On TPU" sections;
+# impl="auto" per backend (measurements: docs/benchmarks.md;
 # docs/correlation.md#choosing-an-implementation). CPU: all-pairs was the fastest and the
 # smallest in memory at the res3 default. TPU: "einsum", the fewest bytes per step in the TPU
 # compiler's numbers (`benchmarks/correlation_tpu.py`; every kernel is memory-bound there):
 # all-pairs' D-padded [HW x (H+2D)W] volume is mostly padding that the skew then discards, and
 # the banded kernel still forms a [W x (W + 2D)] product per row offset of which the skew keeps
-# (2D + 1) x W, while the einsum scan computes only the kept pairs. GPU:
-# all-pairs (dense matmuls for tensor cores), not measured on a GPU.
+# (2D + 1) x W, while the einsum scan computes only the kept pairs. Not settled: the compiler
+# counts a scan's body once, so einsum's bytes are undercounted; `benchmarks.accelerator` times
+# all three on a device. GPU: all-pairs (dense matmuls for tensor cores), not measured on a GPU.
 _AUTO_IMPL = {"cpu": "allpairs", "gpu": "allpairs", "tpu": "einsum"}
 
 
