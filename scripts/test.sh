@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q tests "$@"
+# Two test processes (pytest-xdist), one per core of a CI machine; a file stays on one process,
+# so its module fixtures are built once.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile tests "$@"
 # The GPU compile check with XLA's CUDA compiler plugin (requirements-cuda-aot.txt), installed
 # in .venv/cuda-aot off .venv's path: without a GPU the plugin prints "Could not find cuda
 # drivers" in every JAX process that can import it, so only this run gets it (PYTHONPATH).
