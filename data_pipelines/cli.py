@@ -38,9 +38,11 @@ from absl import flags
 from absl import logging
 
 _OWN_PACKAGES = ("fstfl_jax", "data_pipelines", "configs", "benchmarks")
+# Search locations rather than `origin`: `benchmarks` is a namespace package (no __init__.py).
 _OWN_DIRS = tuple(
-  os.path.dirname(os.path.abspath(spec.origin)) + os.sep
-  for spec in (importlib.util.find_spec(p) for p in _OWN_PACKAGES) if spec and spec.origin)
+  os.path.abspath(d) + os.sep
+  for spec in (importlib.util.find_spec(p) for p in _OWN_PACKAGES) if spec
+  for d in spec.submodule_search_locations or ())
 ERROR_STATUS = 1  # A mistake of the user's, found while running.
 USAGE_STATUS = 2  # A bad command line.
 

@@ -88,8 +88,11 @@ def gcs(tmp_path_factory):
 
 if __name__ == "__main__":
   # A server for commands run by hand (benchmarks.pod_data --table reads): prints the variables to
-  # export, then serves until interrupted.
+  # export, then serves until interrupted (Ctrl-C or kill): SIGTERM unwinds like Ctrl-C, so the
+  # server process stops with this one.
+  import signal
   import tempfile
+  signal.signal(signal.SIGTERM, signal.default_int_handler)
   with running(tempfile.mkdtemp(prefix="gcs_")) as url:
     print(" ".join(f"export {k}={v};" for k, v in client_env(url).items()), flush=True)
     try:
