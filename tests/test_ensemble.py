@@ -105,7 +105,8 @@ def test_cost_is_the_sum_of_the_members(tmp_path):
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1, sort_keys=True))
     dirs.append(str(workdir))
   got = ensemble.ensemble(dirs, "val_1x1")
-  want = [model_info.model_info(demo.get_config(f"frames={f}").model, 64) for f in (8, 16)]
+  configs = [demo.get_config(f"frames={f}") for f in (8, 16)]
+  want = [model_info.model_info(c.model, c.input.crop_size) for c in configs]
   assert got["params"] == want[0]["params"] + want[1]["params"] == 2 * want[0]["params"]
   assert got["gmacs"] == pytest.approx(want[0]["gflops"] + want[1]["gflops"])
   assert want[1]["gflops"] > 1.9 * want[0]["gflops"]

@@ -81,7 +81,10 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
 
   resumed = _run(cwd, *train)
   assert f"resuming at step {killed_at}" in resumed.stderr
-  assert max(_committed_steps(workdir)) == STEPS
+  committed = _committed_steps(workdir)
+  assert committed and max(committed) == STEPS, (
+    f"committed steps {committed}; objects under checkpoints/: "
+    f"{sorted(fsspec.filesystem('gs').find(f'{workdir}/checkpoints'))}\n{resumed.stderr[-3000:]}")
   rows = [json.loads(line) for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))
 
