@@ -20,16 +20,13 @@ reader): clips/s, GETs per clip and bytes on the wire per clip. The endpoint is 
 environment names (`data_pipelines.gcs`): real Cloud Storage on a cloud VM, or a local server.
 """
 
-import contextlib
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
 
 import cv2
-import fsspec
 import numpy as np
 import simplejpeg
 from absl import flags
@@ -127,23 +124,6 @@ def time_reads(source, clips: Sequence[tuple[int, list[int]]]) -> float:
   return len(clips) / (time.perf_counter() - start)
 
 
-@contextlib.contextmanager
-def _through_proxy(proxy: gcs_proxy.Proxy):
-  """This process's bucket clients talk through `proxy` (endpoint variables, fresh clients)."""
-  saved = {k: os.environ.get(k) for k in gcs.EMULATOR_VARIABLES}
-  os.environ.update({k: proxy.url for k in gcs.EMULATOR_VARIABLES})
-  fsspec.filesystem("gs").clear_instance_cache()
-  try:
-    yield
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    fsspec.filesystem("gs").clear_instance_cache()
-
-
 def reads_table(bucket: str, videos: int, frames: int, num_clips: int) -> tuple[list[dict], str]:
   rng = np.random.default_rng(1)
   clips = [(int(rng.integers(videos)), sorted(rng.choice(frames, FRAMES_PER_CLIP,
@@ -166,7 +146,7 @@ def reads_table(bucket: str, videos: int, frames: int, num_clips: int) -> tuple[
       if data_dir == bucket:  # Counted for bounded GETs only: array-record's own reader stalls
         # behind this proxy (it leaves connections open mid-response).
         proxy = gcs_proxy.Proxy(gcs.endpoint())
-        with _through_proxy(proxy):
+        with gcs.environment({k: proxy.url for k in gcs.EMULATOR_VARIABLES}):
           source = reading.open_split(data_dir, "train")
           time_reads(source, clips[:4])
           proxy.requests.clear()

@@ -14,10 +14,13 @@ the variables must agree, and one request with a short timeout must reach the bu
 failure is one `StorageError` line naming the variable or credential to set.
 """
 
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
+
+from collections.abc import Iterator, Mapping
 
 from data_pipelines import storage
 
@@ -26,6 +29,26 @@ EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT"
 GCS_ENDPOINT = "https://storage.googleapis.com"
 _READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 _CHECKED: set[str] = set()  # Buckets reached by this process.
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+  """This process's bucket clients use `values` (endpoint variables, credentials) inside the
+  block, and what was set before after it. gcsfs instances are dropped on entry and exit,
+  because an instance keeps the endpoint it was created with."""
+  import fsspec  # pylint: disable=g-import-not-at-top  (only bucket paths need it)
+  saved = {k: os.environ.get(k) for k in values}
+  os.environ.update(values)
+  fsspec.filesystem("gs").clear_instance_cache()
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    fsspec.filesystem("gs").clear_instance_cache()
 
 
 def bucket_of(url: str) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import portpicker
 import pytest
 
+from data_pipelines import gcs as gcs_client
+
 BUCKET = "fstfl-test"
 
 
@@ -72,18 +74,8 @@ def running(data_dir: str) -> Iterator[str]:
 def gcs(tmp_path_factory):
   """A GCS server on 127.0.0.1 for the session; this process's clients (and the processes it
   starts) point at it. Yields `gs://<bucket>`."""
-  with running(str(tmp_path_factory.mktemp("gcs"))) as url:
-    env = client_env(url)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-      yield f"gs://{BUCKET}"
-    finally:
-      for k, v in saved.items():
-        if v is None:
-          os.environ.pop(k, None)
-        else:
-          os.environ[k] = v
+  with running(str(tmp_path_factory.mktemp("gcs"))) as url, gcs_client.environment(client_env(url)):
+    yield f"gs://{BUCKET}"
 
 
 if __name__ == "__main__":

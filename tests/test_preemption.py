@@ -1,8 +1,9 @@
 """Pre-emption of one process of a 2-process job, through the real command line.
 
 Two `python -m fstfl_jax.main` processes (one CPU device each) joined by jax.distributed on
-127.0.0.1, exactly the multi-process recipe of docs/usage.md. SIGTERM goes to process 1 only, between
-log steps; JAX's pre-emption sync point makes both processes save the same step and exit 0.
+127.0.0.1, exactly the multi-process recipe of docs/usage.md. SIGTERM goes to process 1 only,
+between log steps; JAX's pre-emption sync point makes both processes save the same step and exit
+0.
 """
 
 import json
