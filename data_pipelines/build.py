@@ -140,15 +140,16 @@ def ordered_map(fn: Callable, tasks: Iterable, pool: concurrent.futures.Executor
     yield result
 
 
-def _check_plan(out: str, plan: dict[str, Any]) -> None:
-  """Records the plan of a new build; a rerun must have the same plan to resume."""
-  path = storage.path(out) / PLAN_FILE
+def check_plan(out: str, plan: dict[str, Any], plan_file: str = PLAN_FILE,
+               what: str = "build") -> None:
+  """Records the plan of a new `what` in `out`; a rerun must have the same plan to resume."""
+  path = storage.path(out) / plan_file
   if path.exists():
     old = storage.read_json(path)
     if old != plan:
       diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-      raise PlanError(f"{out} holds a build with different {diff} ({path}); use an empty --out "
-                       f"or the same inputs and settings to resume.")
+      raise PlanError(f"{out} holds a {what} with different {diff} ({path}); use an empty --out "
+                      f"or the same inputs and settings to resume.")
     return
   storage.write_json(path, plan, indent=2, sort_keys=True)
 
@@ -268,7 +269,7 @@ def prepare(dataset: str, src: str, out: str, split_id: int = 1, short_side: int
                   simplejpeg=simplejpeg.__version__, num_shards=shards,
                   **{schema.TRAIN_ORDER: dict(shuffle_seed=shuffle_seed)})
   storage.path(out).mkdir(parents=True, exist_ok=True)
-  _check_plan(out, dict(settings, class_names=layout.class_names,
+  check_plan(out, dict(settings, class_names=layout.class_names,
                         videos={s: len(e) for s, e in layout.splits.items()},
                         digest={s: _ids_digest(e) for s, e in layout.splits.items()}))
   return Plan(out, name or dataset, layout, shards, settings, short_side, quality)

@@ -28,6 +28,7 @@ from absl import flags
 from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
+from data_pipelines import build
 from data_pipelines import cli
 from data_pipelines import gcs
 from data_pipelines import storage
@@ -90,18 +91,6 @@ def _v2_videos(src: str, split: str) -> Videos:
   return len(source), video, len(source.paths)
 
 
-def _check_plan(out: str, plan: dict[str, Any]) -> None:
-  path = storage.path(out) / PLAN_FILE
-  if path.exists():
-    old = storage.read_json(path)
-    if old != plan:
-      diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-      raise cli.UserError(f"{out} holds a reshard with different {diff} ({path}); use an empty "
-                          "--out or the same inputs and settings to resume.")
-    return
-  storage.write_json(path, plan, indent=2, sort_keys=True)
-
-
 def reshard(src: str, out: str, *, num_shards: int | None = None,
             shuffle_seed: int = 0) -> dict[str, int]:
   """Writes the rewritten copy of `src` to `out` (module docstring); returns videos per split."""
@@ -120,8 +109,9 @@ def reshard(src: str, out: str, *, num_shards: int | None = None,
             for split in splits}
   shards = {split: min(num_shards or source_shards, max(1, count))
             for split, (count, _, source_shards) in videos.items()}
-  _check_plan(out, dict(src=os.fspath(src), layout=layout, shuffle_seed=shuffle_seed,
-                        num_shards=shards, videos={s: v[0] for s, v in videos.items()}))
+  plan = dict(src=os.fspath(src), layout=layout, shuffle_seed=shuffle_seed, num_shards=shards,
+              videos={s: v[0] for s, v in videos.items()})
+  build.check_plan(out, plan, PLAN_FILE, "reshard")
   for split, (count, video, _) in videos.items():
     order = (np.random.default_rng(shuffle_seed).permutation(count) if split == "train"
              else np.arange(count))
