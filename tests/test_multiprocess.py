@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import portpicker
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_STEPS = 2
 
@@ -57,14 +59,8 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 def _worker(port: int, process_id: int, workdir: str) -> None:
+  xla_env.join_cpu_job(port, process_id, str(ROOT / ".jax_cache"))
   import jax
-  jax.config.update("jax_num_cpu_devices", 2)
-  jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
-                             heartbeat_timeout_seconds=10)
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
   import test_checkpointing
   assert jax.device_count() == 4 and jax.process_count() == 2
   test_checkpointing.run(workdir, config=_config())

@@ -19,6 +19,7 @@ import portpicker
 import pytest
 
 import gcs_emulator
+import xla_env
 from benchmarks import gcs_proxy
 import test_pod_data
 from data_pipelines import copy_data
@@ -119,14 +120,7 @@ def test_two_hosts_train_from_the_bucket_and_from_their_copies(local_data, gcs, 
 
 def _worker(port: int, process_id: int, mode: str, remote: str, workdir: str,
             host_dir: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_num_cpu_devices", 2)
-  jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
-                             heartbeat_timeout_seconds=10)
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
+  xla_env.join_cpu_job(port, process_id, str(ROOT / ".jax_cache"))
   from fstfl_jax.apps import experiment  # pylint: disable=g-import-not-at-top
   data_dir = remote
   if mode == "copy":
