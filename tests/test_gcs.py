@@ -9,6 +9,7 @@ Every artifact must be in the bucket, and nothing named after the URL may appear
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -41,13 +42,11 @@ def _run(cwd, *args, check=True):
 
 
 def _committed_steps(workdir: str) -> list[int]:
-  # Listings are cached per process, and other processes write: read afresh.
-  fsspec.filesystem("gs", finalize_on_close=True).invalidate_cache()
-  root = storage.path(workdir) / "checkpoints"
-  if not root.exists():
-    return []
-  return sorted(int(p.name) for p in root.iterdir()
-                if p.name.isdigit() and (p / "commit_success.txt").exists())
+  # Other processes write the bucket, and a filesystem instance caches its listings: list with
+  # a new, uncached instance every time.
+  fs = fsspec.filesystem("gs", skip_instance_cache=True)
+  names = [p.split("/checkpoints/", 1)[1] for p in fs.find(f"{workdir}/checkpoints")]
+  return sorted(int(n.split("/")[0]) for n in names if re.fullmatch(r"\d+/commit_success.txt", n))
 
 
 def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
@@ -102,11 +101,12 @@ def test_gs_workdir_train_kill_resume_eval_predict(gcs, tmp_path):
   assert [r["video"] for r in lines] == [str(video), remote_video]
   assert lines[0]["topk"] == lines[1]["topk"] and lines[0]["step"] == STEPS
 
-  names = {p.name for p in storage.path(workdir).iterdir()}
+  fs = fsspec.filesystem("gs", skip_instance_cache=True)  # Uncached, as in _committed_steps.
+  names = {p.rstrip("/").rsplit("/", 1)[1] for p in fs.ls(workdir)}
   assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints",
           f"eval_val_1x1_step{STEPS}.json", f"eval_val_1x1_step{STEPS}_confusion.png",
           f"eval_val_1x1_step{STEPS}_predictions.jsonl"} <= names
-  events = list((storage.path(workdir) / "tensorboard").iterdir())
+  events = fs.ls(f"{workdir}/tensorboard")
   assert len(events) == 2  # One event file per run (the killed one and the resumed one).
   assert not list(cwd.rglob("*")), f"local files appeared: {list(cwd.rglob('*'))}"
   assert not any("gs:" in p.name for p in ROOT.iterdir())
