@@ -22,15 +22,3 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Grain reads absl flags; outside absl.app.run they must be marked parsed.
 flags.FLAGS.mark_as_parsed()
-
-# Files that take minutes, slowest first. They are collected first, so that with two test
-# processes (scripts/test.sh, whole files per process) the short files fill in around them
-# instead of one process finishing a slow file alone at the end.
-SLOW_FILES = ("test_demo_recipe.py", "test_pod_training.py", "test_multiprocess.py",
-              "test_preemption.py", "test_accelerator_benchmark.py", "test_gcs.py", "test_cli.py",
-              "test_aot.py", "test_gradcam.py", "test_checkpointing.py", "test_repeatability.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # Stable: file order kept.
